@@ -1,0 +1,41 @@
+# Each target is a one-liner over invoke (tasks.py); the virtualenv bootstraps on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+READY := $(VENV)/.ready
+
+PRODUCTS ?= trades,tbbo
+flag_force := $(if $(filter 1 yes true,$(FORCE)),--force,)
+
+.PHONY: data demo test lint status verify bench clean-venv
+
+$(READY): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e . --group dev
+	touch $(READY)
+
+data: $(READY)
+	@test -n "$(SYMBOL)" -a -n "$(YEAR)" || { echo "usage: make data SYMBOL=AAPL YEAR=2023 [FORCE=1] [PRODUCTS=trades,tbbo]" >&2; exit 2; }
+	$(BIN)/invoke data --symbol "$(SYMBOL)" --year "$(YEAR)" --products "$(PRODUCTS)" $(flag_force)
+
+demo: $(READY)
+	$(BIN)/invoke demo
+
+test: $(READY)
+	$(BIN)/invoke test
+
+lint: $(READY)
+	$(BIN)/invoke lint
+
+status: $(READY)
+	$(BIN)/invoke status $(if $(SYMBOL),--symbol "$(SYMBOL)") $(if $(YEAR),--year "$(YEAR)")
+
+verify: $(READY)
+	$(BIN)/invoke verify $(if $(SYMBOL),--symbol "$(SYMBOL)") $(if $(YEAR),--year "$(YEAR)")
+
+bench: $(READY)
+	$(BIN)/invoke bench
+
+clean-venv:
+	rm -rf $(VENV) .nox

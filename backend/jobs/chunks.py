@@ -1,0 +1,126 @@
+"""Download one chunk to a validated part file, retrying what is worth retrying."""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from loguru import logger
+
+from backend.jobs.cache import ScratchFiles, publish
+from backend.jobs.client import STYPE_IN, STYPE_OUT, RangeRequest
+from backend.jobs.dbnfile import StreamSummary, scan
+from backend.jobs.errors import CorruptFileError, IngestError, TransientError
+from backend.jobs.plan import TimeRange, format_ns
+
+
+class Downloader(Protocol):
+    def download(self, request: RangeRequest, path: Path) -> None: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with jitter; the server's Retry-After wins when longer."""
+
+    retries: int = 5
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        backoff = min(self.max_delay_s, self.base_delay_s * 2**attempt)
+        jittered = backoff * (0.5 + rng.random() / 2)
+        return max(jittered, retry_after or 0.0)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A finished chunk on disk whose content matches its request."""
+
+    request: RangeRequest
+    path: Path
+    summary: StreamSummary
+    downloaded: bool  # False when a previous run left it behind
+
+
+def part_path(parts_dir: Path, span: TimeRange) -> Path:
+    def stamp(ns: int) -> str:
+        return format_ns(ns).replace(":", "").replace("-", "")
+
+    return parts_dir / f"{stamp(span.start_ns)}_{stamp(span.end_ns)}.dbn.zst"
+
+
+def check_part(path: Path, request: RangeRequest, record_size: int) -> StreamSummary:
+    """A part is finished only if it decodes completely and answers exactly this request."""
+    summary = scan(path, record_size, start_ns=request.span.start_ns)
+    metadata = summary.metadata
+    expected = {
+        "dataset": (metadata.dataset, request.dataset),
+        "schema": (str(metadata.schema), request.schema),
+        "symbols": (list(metadata.symbols), [request.symbol]),
+        "start": (metadata.start, request.span.start_ns),
+        "end": (metadata.end, request.span.end_ns),
+        "stype_in": (str(metadata.stype_in), STYPE_IN),
+        "stype_out": (str(metadata.stype_out), STYPE_OUT),
+    }
+    wrong = [f"{key} {got!r} != {want!r}" for key, (got, want) in expected.items() if got != want]
+    if wrong:
+        raise CorruptFileError(f"{path.name} does not match its request: {', '.join(wrong)}")
+    return summary
+
+
+def fetch_chunk(
+    *,
+    client: Downloader,
+    request: RangeRequest,
+    record_size: int,
+    parts_dir: Path,
+    scratch: ScratchFiles,
+    policy: RetryPolicy,
+    stop: threading.Event,
+    label: str,
+) -> Part:
+    """Reuse a valid part from an earlier run, or download it to a temp file, check, publish."""
+    final = part_path(parts_dir, request.span)
+    if final.exists():
+        try:
+            return Part(request, final, check_part(final, request, record_size), downloaded=False)
+        except CorruptFileError as exc:
+            logger.warning("{}: discarding unusable part {}: {}", label, final.name, exc)
+            final.unlink(missing_ok=True)
+    rng = random.Random()  # noqa: S311  jitter, not cryptography
+    attempts = policy.retries + 1
+    for attempt in range(attempts):
+        if stop.is_set():
+            raise IngestError(f"{label}: cancelled")
+        temp = scratch.new(final)
+        try:
+            client.download(request, temp)
+            summary = check_part(temp, request, record_size)
+            publish(temp, final)
+            scratch.forget(temp)
+            return Part(request, final, summary, downloaded=True)
+        except (TransientError, CorruptFileError) as exc:
+            scratch.discard(temp)
+            if attempt + 1 == attempts:
+                raise IngestError(
+                    f"{label} failed after {attempts} attempts: {exc}; "
+                    "run the same command again to resume (finished chunks are kept)"
+                ) from None
+            delay = policy.delay(attempt, getattr(exc, "retry_after", None), rng)
+            logger.warning(
+                "{}: retry {}/{} in {:.1f}s after: {}",
+                label,
+                attempt + 1,
+                policy.retries,
+                delay,
+                exc,
+            )
+            if stop.wait(delay):
+                raise IngestError(f"{label}: cancelled") from None
+        except BaseException:
+            scratch.discard(temp)
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,305 @@
+"""Command line: parse -> set up logging -> settings from the environment -> run -> exit code.
+
+The only module that imports typer; errors raised anywhere below are mapped to exit codes here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from loguru import logger
+
+from backend.jobs.errors import EXIT_FAILED, EXIT_INTERRUPTED, IngestError, InvalidInputError
+from backend.jobs.logs import setup_logging
+from backend.jobs.plan import (
+    CHUNKINGS,
+    normalize_dataset,
+    normalize_symbol,
+    parse_products,
+    validate_year,
+)
+from backend.jobs.settings import Settings
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    success (downloaded, or already cached)
+  1    ingestion failed (server error, network, disk); finished chunks are kept
+  2    invalid input (flags, symbol, year, product, dataset, budget)
+  3    credentials (DATABENTO_API_KEY missing or rejected)
+  130  interrupted (Ctrl-C); run the same command again to resume
+"""
+
+ENV_HELP = """\b
+Environment:
+  DATABENTO_API_KEY   your key (required to download; never logged)
+  DATABENTO_GATEWAY   historical API gateway, HOST:PORT or URL (tests/sandbox)
+  DATA_DIR            cache root (default: the repository's data/)
+"""
+
+app = typer.Typer(
+    name="bento-ingest",
+    help="Pull a year of Databento TRADES and TBBO for a symbol into a verified local DBN cache.",
+    rich_markup_mode=None,
+    pretty_exceptions_show_locals=False,
+    no_args_is_help=True,
+    epilog="Run 'COMMAND --help' for examples, exit codes and environment variables.",
+    add_completion=True,
+)
+
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Cache root [default: the repository's data/; env DATA_DIR].", show_default=False
+    ),
+]
+
+
+def _fail(exc: IngestError) -> typer.Exit:
+    logger.error("{}", exc)
+    return typer.Exit(exc.exit_code)
+
+
+@app.command(
+    epilog="\b\nExample:\n  python -m backend.jobs.cli data --symbol AAPL --year 2023\n\n"
+    + EXIT_CODES_HELP
+    + "\n"
+    + ENV_HELP,
+)
+def data(  # noqa: PLR0917  Typer maps each parameter to a flag
+    symbol: Annotated[
+        str, typer.Option(help="Ticker as Databento spells it (raw_symbol), e.g. AAPL or BRK.B.")
+    ],
+    year: Annotated[str, typer.Option(help="Calendar year to fetch, e.g. 2023.")],
+    products: Annotated[
+        str, typer.Option(help="Comma-separated products, case-insensitive: trades, tbbo.")
+    ] = "trades,tbbo",
+    dataset: Annotated[str, typer.Option(help="Databento dataset code.")] = "XNAS.ITCH",
+    force: Annotated[bool, typer.Option(help="Re-download even if cached.")] = False,
+    verify: Annotated[
+        bool, typer.Option(help="Re-hash cached files against the manifest before skipping them.")
+    ] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Cache root [default: the repository's data/; env DATA_DIR].", show_default=False
+        ),
+    ] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            help="Historical API gateway, HOST:PORT or URL "
+            "[env DATABENTO_GATEWAY; default Databento's].",
+            show_default=False,
+        ),
+    ] = None,
+    chunk: Annotated[
+        str, typer.Option(help="Request size: month, week or day. Smaller resumes finer.")
+    ] = "month",
+    jobs: Annotated[int, typer.Option(min=1, max=32, help="Concurrent chunk downloads.")] = 4,
+    retries: Annotated[
+        int, typer.Option(min=0, max=20, help="Retries per chunk for transient failures.")
+    ] = 5,
+    lock_timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for another run on the same files.")
+    ] = 600.0,
+    dry_run: Annotated[
+        bool,
+        typer.Option(help="Print the plan and cost estimate; download nothing (metadata only)."),
+    ] = False,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Refuse (exit 2) if the estimated USD for what is not cached exceeds this "
+            "[env DATABENTO_MAX_COST].",
+            show_default=False,
+        ),
+    ] = None,
+    log_json: Annotated[bool, typer.Option(help="One JSON object per log line.")] = False,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Same as --log-level DEBUG.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings, errors and completion lines.")
+    ] = False,
+) -> None:
+    """Download TRADES and TBBO of a symbol-year into DATA_DIR/raw/databento/SYMBOL/YEAR/.
+
+    Each product is fetched in chunks (resumable, retried, parallel), merged into one DBN file
+    (zstd) and recorded in manifest.json. Cached products are skipped without any request.
+    """
+    from backend.jobs.ingest import IngestRequest, run_ingest
+    from backend.jobs.progress import NullProgress, RichProgress, wants_progress
+    from backend.jobs.report import print_plan, print_summary
+
+    level = "DEBUG" if verbose else "SUCCESS" if quiet else log_level.upper()
+    setup_logging(json_lines=log_json)  # so that errors in the flags themselves print
+    try:
+        settings = Settings.from_env(gateway=gateway, data_dir=data_dir, max_cost=max_cost)
+        secret = settings.api_key.reveal() if settings.api_key else ""
+        setup_logging(_valid_level(level), json_lines=log_json, secrets=[secret])
+        request = IngestRequest(
+            symbol=normalize_symbol(symbol),
+            year=validate_year(_parse_year(year)),
+            products=parse_products(products),
+            dataset=normalize_dataset(dataset),
+            force=force,
+            verify=verify,
+            chunking=_valid_chunking(chunk),
+            jobs=jobs,
+            retries=retries,
+            lock_timeout_s=lock_timeout,
+            dry_run=dry_run,
+        )
+        show_tables = not quiet and not log_json
+        progress = RichProgress() if wants_progress(quiet, log_json) and not dry_run else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # the SDK's X-Warning degraded-day notices
+            report = run_ingest(request, settings, progress=progress or NullProgress())
+        if dry_run:
+            print_plan(report, request.symbol, request.year)
+        elif show_tables:
+            print_summary(report, request.symbol, request.year)
+    except IngestError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        logger.error("interrupted: finished chunks are kept; run the same command again to resume")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _filters(symbol: str | None, year: str | None) -> tuple[str | None, int | None]:
+    return (
+        normalize_symbol(symbol) if symbol else None,
+        validate_year(_parse_year(year)) if year else None,
+    )
+
+
+@app.command(
+    epilog="\b\nExamples:\n  python -m backend.jobs.cli status\n"
+    "  python -m backend.jobs.cli status --symbol AAPL --json\n\n"
+    "\b\nExit codes: 0 listed (even if empty), 2 invalid input.",
+)
+def status(
+    symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
+    year: Annotated[str | None, typer.Option(help="Only this year.")] = None,
+    data_dir: DataDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List cached symbol-years and products: size, records, range and manifest state.
+
+    Reads local files only: no network, no API key needed.
+    """
+    from backend.jobs.inventory import cached_products
+    from backend.jobs.report import print_status
+
+    setup_logging()
+    try:
+        symbol_filter, year_filter = _filters(symbol, year)
+        items = cached_products(
+            Settings.from_env(data_dir=data_dir).data_dir, symbol_filter, year_filter
+        )
+    except IngestError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        sys.stdout.write(json.dumps([item.as_json() for item in items], indent=2) + "\n")
+    else:
+        print_status(items)
+
+
+@app.command(
+    epilog="\b\nExample:\n  python -m backend.jobs.cli verify --symbol AAPL --year 2023\n\n"
+    "\b\nExit codes: 0 every file matches its manifest, 1 some file does not (each is named), "
+    "2 invalid input.",
+)
+def verify(
+    symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
+    year: Annotated[str | None, typer.Option(help="Only this year.")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Re-hash every cached file against its manifest and decode its DBN header."""
+    from backend.jobs.inventory import cached_products, verify_product
+
+    setup_logging()
+    try:
+        symbol_filter, year_filter = _filters(symbol, year)
+        items = cached_products(
+            Settings.from_env(data_dir=data_dir).data_dir, symbol_filter, year_filter
+        )
+    except IngestError as exc:
+        raise _fail(exc) from None
+    bad = 0
+    for item in items:
+        problem = verify_product(item)
+        if problem:
+            bad += 1
+            logger.error("BAD {}: {}", item.path, problem)
+        else:
+            logger.info("ok  {} ({} bytes, sha256 {})", item.path, item.bytes, item.sha256)
+    logger.info("verified {} file(s): {} ok, {} bad", len(items), len(items) - bad, bad)
+    if bad:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"bento-ingest {version('bento-ingest')}")
+        raise typer.Exit
+
+
+@app.callback()
+def main_options(
+    _version_flag: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Pull a year of Databento TRADES and TBBO for a symbol into a verified local DBN cache."""
+
+
+def _valid_level(level: str) -> str:
+    if level not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}:
+        raise InvalidInputError(f"--log-level {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    return level
+
+
+def _parse_year(text: str) -> int:
+    if not text.strip().isdigit():
+        raise InvalidInputError(
+            f"year {text!r} is not a number: pass a four-digit year such as 2023"
+        )
+    return int(text)
+
+
+def _valid_chunking(text: str) -> str:
+    value = text.strip().lower()
+    if value not in CHUNKINGS:
+        raise InvalidInputError(f"--chunk {text!r} is not one of {', '.join(CHUNKINGS)}")
+    return value
+
+
+def main() -> None:
+    """Entry point: exit immediately on Ctrl-C instead of waiting for in-flight downloads."""
+    try:
+        app()
+    except SystemExit as exit_:
+        if exit_.code == EXIT_INTERRUPTED:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The one place that builds `databento.Historical` and turns its errors into ours.
+
+`databento` (and pandas behind it) is imported lazily: a cached re-run never pays for it.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from backend.jobs.errors import (
+    CredentialsError,
+    IngestError,
+    InvalidInputError,
+    TransientError,
+)
+from backend.jobs.plan import TimeRange, parse_timestamp_ns
+
+if TYPE_CHECKING:
+    from backend.jobs.settings import Secret
+
+STYPE_IN = "raw_symbol"
+STYPE_OUT = "instrument_id"
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RangeRequest:
+    """One `timeseries.get_range` call, as sent and as recorded in the manifest."""
+
+    dataset: str
+    symbol: str
+    schema: str
+    span: TimeRange
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "symbols": [self.symbol],
+            "schema": self.schema,
+            "stype_in": STYPE_IN,
+            "stype_out": STYPE_OUT,
+            "start": self.span.start,
+            "end": self.span.end,
+        }
+
+
+class DatabentoClient:
+    """A thin facade over the SDK calls we make; every SDK exception leaves as an IngestError."""
+
+    def __init__(self, key: Secret, gateway: str | None) -> None:
+        import databento
+
+        options: dict[str, str] = {"key": key.reveal()}
+        if gateway:
+            options["gateway"] = gateway
+        try:
+            self._sdk = databento.Historical(**options)
+        except ValueError as exc:
+            raise CredentialsError(f"the API key was refused by the SDK: {exc}") from None
+
+    def dataset_range(self, dataset: str) -> dict[str, TimeRange]:
+        """Per-schema available [start, end); top-level end is a max over schemas, so not used."""
+        answer = self._call(self._sdk.metadata.get_dataset_range, f"range of {dataset}", dataset)
+        default = TimeRange(parse_timestamp_ns(answer["start"]), parse_timestamp_ns(answer["end"]))
+        ranges = {}
+        for schema, bounds in (answer.get("schema") or {}).items():
+            if bounds and bounds.get("start") and bounds.get("end"):
+                ranges[schema] = TimeRange(
+                    parse_timestamp_ns(bounds["start"]), parse_timestamp_ns(bounds["end"])
+                )
+        ranges.setdefault("*", default)
+        return ranges
+
+    def download(self, request: RangeRequest, path: Path) -> None:
+        """Stream one range to `path`, which must not exist (the SDK opens it with `x`)."""
+        what = f"{request.schema} {request.span}"
+        self._call(self._sdk.timeseries.get_range, what, path=path, **request.params())
+
+    def resolve(self, dataset: str, symbol: str, span: TimeRange) -> dict[str, Any]:
+        return self._call(
+            self._sdk.symbology.resolve,
+            f"symbology of {symbol}",
+            dataset=dataset,
+            symbols=[symbol],
+            stype_in=STYPE_IN,
+            stype_out=STYPE_OUT,
+            start_date=span.start[:10],
+            end_date=_end_date(span),
+        )
+
+    def estimate(self, request: RangeRequest) -> tuple[int, float]:
+        """Billable bytes and USD for a range, as the server prices it."""
+        params = request.params()
+        params.pop("stype_out")
+        what = f"estimate for {request.schema} {request.span}"
+        size = self._call(self._sdk.metadata.get_billable_size, what, **params)
+        cost = self._call(self._sdk.metadata.get_cost, what, **params)
+        return int(size), float(cost)
+
+    def _call(self, method: Any, what: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001  every SDK failure is translated, none hidden
+            raise translate_error(exc, what) from None
+
+
+def _end_date(span: TimeRange) -> str:
+    """symbology.resolve takes dates with an exclusive end: round a mid-day end up."""
+    from backend.jobs.plan import NS_PER_SECOND, format_ns
+
+    day_ns = 86_400 * NS_PER_SECOND
+    return format_ns(-(-span.end_ns // day_ns) * day_ns)[:10]
+
+
+def server_reason(exc: Any) -> str:
+    """`case: message` from a Databento error body, or whatever text it carried."""
+    detail = (exc.json_body or {}).get("detail") if isinstance(exc.json_body, dict) else None
+    if isinstance(detail, dict):
+        case, message = detail.get("case"), detail.get("message")
+        return f"{case}: {message}" if case else str(message)
+    if isinstance(detail, list):
+        return "; ".join(str(item.get("msg", item)) for item in detail if isinstance(item, dict))
+    if detail:
+        return str(detail)
+    return str(exc.message or "").strip() or "no reason given"
+
+
+def translate_error(exc: BaseException, what: str) -> IngestError:  # noqa: PLR0911
+    """Map an SDK or transport exception to the error class that decides retry and exit code."""
+    import databento
+    import requests
+
+    if isinstance(exc, IngestError):
+        return exc
+    if isinstance(exc, databento.BentoHttpError):
+        status = exc.http_status
+        reason = server_reason(exc)
+        if status in (401, 403):
+            return CredentialsError(
+                f"Databento rejected the API key ({status} {reason}): check DATABENTO_API_KEY "
+                "and the key's permissions in the Databento portal"
+            )
+        if status in RETRYABLE_STATUSES:
+            return TransientError(f"{what}: HTTP {status} {reason}", _retry_after(exc.headers))
+        if status in (400, 404, 422):
+            return InvalidInputError(f"Databento cannot serve {what}: {reason}")
+        return IngestError(f"Databento refused {what}: HTTP {status} {reason}")
+    disk_error = _os_error_in(exc)
+    if disk_error is not None:
+        return IngestError(f"cannot write {what} to disk: {disk_error.strerror}; free some space")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return IngestError(
+            f"TLS verification failed for the gateway while fetching {what}: "
+            "check --gateway and REQUESTS_CA_BUNDLE"
+        )
+    if isinstance(exc, requests.exceptions.RequestException | databento.BentoError):
+        return TransientError(f"{what}: {_first_line(exc)}")
+    if isinstance(exc, OSError):
+        return IngestError(f"{what}: {exc.strerror or exc}")
+    return IngestError(f"{what}: unexpected answer from Databento ({type(exc).__name__}: {exc})")
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The SDK wraps write failures in BentoError `from None`; the cause stays in __context__."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = (headers or {}).get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

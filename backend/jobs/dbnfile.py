@@ -1,0 +1,205 @@
+"""Reading and checking zstd-compressed DBN streams in constant memory.
+
+`zstandard`'s stream reader silently accepts a truncated last frame, so decompression here
+walks frame by frame and fails unless every frame it started also ended. Streams may hold
+several concatenated frames; all of them are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+import zstandard
+
+from backend.jobs.errors import CorruptFileError
+
+if TYPE_CHECKING:
+    from databento_dbn import Metadata
+
+READ_SIZE = 1 << 20
+DBN_MAGIC = b"DBN"
+DBN_VERSION = 3
+PREFIX = struct.Struct("<3sBI")  # magic, version, metadata length
+TS_RECV_OFFSET = 32  # same in TradeMsg and MBP1Msg: header(16) price(8) size(4) 4 x u8
+
+
+class HashingReader:
+    """Reads a binary file while hashing and counting the compressed bytes."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def read(self, size: int) -> bytes:
+        data = self._handle.read(size)
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return data
+
+
+def decompressed_chunks(source: HashingReader | BinaryIO, name: str) -> Iterator[bytes]:
+    """Yield decompressed bytes across all frames; raise if the last frame is cut short."""
+    context = zstandard.ZstdDecompressor()
+    frame = context.decompressobj()
+    frame_open = False
+    while data := source.read(READ_SIZE):
+        while data:
+            try:
+                out = frame.decompress(data)
+            except zstandard.ZstdError as exc:
+                raise CorruptFileError(f"{name} is not valid zstd: {exc}") from None
+            frame_open = True
+            if out:
+                yield out
+            if not frame.eof:
+                break
+            data = frame.unused_data
+            frame = context.decompressobj()
+            frame_open = False
+    if frame_open:
+        raise CorruptFileError(f"{name} is truncated: its last zstd frame is incomplete")
+
+
+class DbnReader:
+    """Splits a decompressed DBN stream into its metadata and its record bytes."""
+
+    def __init__(self, chunks: Iterator[bytes], name: str) -> None:
+        self._chunks = chunks
+        self._name = name
+        self._buffer = bytearray()
+
+    def _fill(self, size: int) -> bool:
+        while len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return False
+            self._buffer += chunk
+        return True
+
+    def metadata(self) -> tuple[Metadata, bytes]:
+        from databento_dbn import Metadata
+
+        if not self._fill(PREFIX.size):
+            raise CorruptFileError(f"{self._name} is too short to hold a DBN header")
+        magic, version, length = PREFIX.unpack_from(self._buffer)
+        if magic != DBN_MAGIC:
+            raise CorruptFileError(f"{self._name} is not a DBN stream (no DBN magic)")
+        if version != DBN_VERSION:
+            raise CorruptFileError(f"{self._name} is DBN version {version}; expected 3")
+        if not self._fill(PREFIX.size + length):
+            raise CorruptFileError(f"{self._name} ends inside its DBN metadata")
+        raw = bytes(self._buffer[: PREFIX.size + length])
+        del self._buffer[: PREFIX.size + length]
+        try:
+            return Metadata.decode(raw), raw
+        except Exception as exc:  # noqa: BLE001  databento_dbn raises plain ValueError/Exception
+            raise CorruptFileError(f"{self._name} has undecodable DBN metadata: {exc}") from None
+
+    def record_blocks(self, record_size: int) -> Iterator[memoryview]:
+        """Yield whole records, many at a time; fail on a torn record at the end."""
+        while True:
+            whole = len(self._buffer) - len(self._buffer) % record_size
+            if whole:
+                block = bytes(self._buffer[:whole])
+                del self._buffer[:whole]
+                yield memoryview(block)
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if self._buffer:
+            raise CorruptFileError(
+                f"{self._name} ends with a partial record ({len(self._buffer)} stray bytes)"
+            )
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """What a full pass over a DBN file established."""
+
+    metadata: Metadata
+    metadata_bytes: bytes
+    records: int
+    first_ts_recv: int | None
+    last_ts_recv: int | None
+    sha256: str
+    bytes: int
+
+
+class RecordCheck:
+    """Checks records block by block: fixed size, ascending ts_recv inside [start, end)."""
+
+    def __init__(self, name: str, record_size: int, start_ns: int, end_ns: int) -> None:
+        self.name = name
+        self.record_size = record_size
+        self.start_ns = start_ns
+        self.end_ns = end_ns
+        self.records = 0
+        self.first: int | None = None
+        self.last: int | None = None
+
+    def feed(self, block: memoryview) -> None:
+        import numpy as np
+
+        rows = np.frombuffer(block, dtype=np.uint8).reshape(-1, self.record_size)
+        if not (rows[:, 0] == self.record_size // 4).all():
+            raise CorruptFileError(
+                f"{self.name} holds records that are not {self.record_size} bytes long"
+            )
+        ts = (
+            rows[:, TS_RECV_OFFSET : TS_RECV_OFFSET + 8].copy().view("<u8").ravel().astype(np.int64)
+        )
+        previous = self.last if self.last is not None else self.start_ns
+        if ts[0] < previous or (ts.size > 1 and (np.diff(ts) < 0).any()):
+            raise CorruptFileError(f"{self.name} has records out of ts_recv order or range")
+        if ts[-1] >= self.end_ns:
+            raise CorruptFileError(f"{self.name} has records at or after its end")
+        if self.first is None:
+            self.first = int(ts[0])
+        self.last = int(ts[-1])
+        self.records += ts.size
+
+
+def scan(path: Path, record_size: int, start_ns: int | None = None) -> StreamSummary:
+    """Decode a whole file: metadata, record layout and order, sha256 of the compressed bytes."""
+    name = path.name
+    with path.open("rb") as handle:
+        source = HashingReader(handle)
+        reader = DbnReader(decompressed_chunks(source, name), name)
+        metadata, raw = reader.metadata()
+        end_ns = metadata.end if metadata.end is not None else 2**63 - 1
+        check = RecordCheck(
+            name, record_size, metadata.start if start_ns is None else start_ns, end_ns
+        )
+        for block in reader.record_blocks(record_size):
+            check.feed(block)
+    return StreamSummary(
+        metadata=metadata,
+        metadata_bytes=raw,
+        records=check.records,
+        first_ts_recv=check.first,
+        last_ts_recv=check.last,
+        sha256=source.sha256.hexdigest(),
+        bytes=source.bytes,
+    )
+
+
+def read_metadata(path: Path) -> Metadata:
+    """Only the header: cheap, for status and adoption checks."""
+    with path.open("rb") as handle:
+        reader = DbnReader(decompressed_chunks(handle, path.name), path.name)
+        return reader.metadata()[0]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(READ_SIZE):
+            digest.update(block)
+    return digest.hexdigest()

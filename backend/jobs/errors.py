@@ -1,0 +1,43 @@
+"""One exception hierarchy; the CLI maps each class to its documented exit code."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID_INPUT = 2
+EXIT_CREDENTIALS = 3
+EXIT_INTERRUPTED = 130
+
+
+class IngestError(Exception):
+    """Ingestion failed (server error, network, disk): exit 1."""
+
+    exit_code = EXIT_FAILED
+
+
+class InvalidInputError(IngestError):
+    """Malformed flags or environment, or a request the dataset cannot answer: exit 2."""
+
+    exit_code = EXIT_INVALID_INPUT
+
+
+class BudgetExceededError(InvalidInputError):
+    """The estimated cost of what would be downloaded exceeds --max-cost: exit 2."""
+
+
+class CredentialsError(IngestError):
+    """The API key is missing or the server rejected it: exit 3."""
+
+    exit_code = EXIT_CREDENTIALS
+
+
+class TransientError(IngestError):
+    """A failure worth retrying: connection drop, cut stream, 408/429/5xx."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class CorruptFileError(IngestError):
+    """A DBN file that is truncated, undecodable or does not match what was asked for."""

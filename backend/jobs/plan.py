@@ -1,0 +1,170 @@
+"""Pure planning: validated symbol, year, products and dataset -> clamped ranges -> chunks.
+
+No I/O here, so every rule is tested without a network.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal, get_args
+
+from backend.jobs.errors import InvalidInputError
+
+NS_PER_SECOND = 1_000_000_000
+MIN_YEAR, MAX_YEAR = 1970, 9999
+MAX_SYMBOL_LENGTH = 70  # DBN v3 stores symbols as 71-byte C strings
+DATASET_PATTERN = re.compile(r"^[A-Z0-9]{2,16}\.[A-Z0-9]{2,16}$")
+
+Chunking = Literal["month", "week", "day"]
+CHUNKINGS: tuple[str, ...] = get_args(Chunking)
+
+
+@dataclass(frozen=True)
+class Product:
+    name: str  # file stem and log field: TRADES
+    schema: str  # Databento schema: trades
+    record_size: int  # bytes per record in DBN v3
+
+
+PRODUCTS = {
+    "TRADES": Product("TRADES", "trades", 48),
+    "TBBO": Product("TBBO", "tbbo", 80),
+}
+
+
+@dataclass(frozen=True, order=True)
+class TimeRange:
+    """Half-open [start, end) in UTC nanoseconds, the way Databento filters on ts_recv."""
+
+    start_ns: int
+    end_ns: int
+
+    @property
+    def start(self) -> str:
+        return format_ns(self.start_ns)
+
+    @property
+    def end(self) -> str:
+        return format_ns(self.end_ns)
+
+    def __str__(self) -> str:
+        return f"[{self.start}, {self.end})"
+
+
+def parse_products(text: str) -> tuple[Product, ...]:
+    names = [part.strip().upper() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in PRODUCTS]
+    if not names or unknown:
+        shown = ", ".join(unknown) or repr(text)
+        raise InvalidInputError(
+            f"unknown product {shown}: use a comma-separated list of {', '.join(PRODUCTS).lower()}"
+        )
+    return tuple(PRODUCTS[name] for name in dict.fromkeys(names))
+
+
+def normalize_symbol(raw: str) -> str:
+    """Upper-case and strip like the SDK does; refuse what could escape the cache folder."""
+    symbol = raw.strip().upper()
+    fix = "pass a ticker such as AAPL or BRK.B"
+    if not symbol:
+        raise InvalidInputError(f"symbol is empty: {fix}")
+    if any(ord(char) < 32 or ord(char) == 127 for char in symbol):
+        raise InvalidInputError(f"symbol {symbol!r} contains control characters: {fix}")
+    if not symbol.isascii():
+        raise InvalidInputError(f"symbol {symbol!r} is not ASCII: {fix}")
+    if "/" in symbol or "\\" in symbol or ".." in symbol:
+        raise InvalidInputError(f"symbol {symbol!r} contains a path separator or '..': {fix}")
+    if "," in symbol:
+        raise InvalidInputError(f"symbol {symbol!r} contains a comma: ingest one symbol at a time")
+    if len(symbol) > MAX_SYMBOL_LENGTH:
+        raise InvalidInputError(f"symbol is longer than {MAX_SYMBOL_LENGTH} characters: {fix}")
+    return symbol
+
+
+def normalize_dataset(raw: str) -> str:
+    dataset = raw.strip().upper()
+    if not DATASET_PATTERN.match(dataset):
+        raise InvalidInputError(
+            f"dataset {raw!r} is not a Databento dataset code: use VENUE.FEED, e.g. XNAS.ITCH"
+        )
+    return dataset
+
+
+def validate_year(year: int) -> int:
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise InvalidInputError(
+            f"year {year} is out of range: use a four-digit year between {MIN_YEAR} and {MAX_YEAR}"
+        )
+    return year
+
+
+def year_range(year: int) -> TimeRange:
+    return TimeRange(date_ns(date(year, 1, 1)), date_ns(date(year + 1, 1, 1)))
+
+
+def clamp_year(year: int, available: TimeRange, dataset: str, schema: str) -> TimeRange:
+    """The calendar year cut to what the dataset has for this schema; refuse a year with none."""
+    wanted = year_range(year)
+    start = max(wanted.start_ns, available.start_ns)
+    end = min(wanted.end_ns, available.end_ns)
+    if start >= end:
+        raise InvalidInputError(
+            f"{dataset} has no {schema} data in {year}: available from "
+            f"{available.start[:10]} to {available.end[:10]} (end exclusive); "
+            "pick a year in that range"
+        )
+    return TimeRange(start, end)
+
+
+def split_range(span: TimeRange, chunking: Chunking) -> list[TimeRange]:
+    """Cut a range at calendar boundaries (months, ISO weeks starting Monday, or days) in UTC."""
+    chunks: list[TimeRange] = []
+    start = span.start_ns
+    while start < span.end_ns:
+        end = min(next_boundary_ns(start, chunking), span.end_ns)
+        chunks.append(TimeRange(start, end))
+        start = end
+    return chunks
+
+
+def next_boundary_ns(ns: int, chunking: Chunking) -> int:
+    day = ns_to_datetime(ns).date()
+    if chunking == "month":
+        following = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+    elif chunking == "week":
+        following = day + timedelta(days=7 - day.weekday())
+    else:
+        following = day + timedelta(days=1)
+    return date_ns(following)
+
+
+def date_ns(day: date) -> int:
+    return calendar.timegm(day.timetuple()) * NS_PER_SECOND
+
+
+def ns_to_datetime(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns // NS_PER_SECOND, tz=UTC)
+
+
+def format_ns(ns: int) -> str:
+    """ISO 8601 in UTC; nanoseconds shown only when there are any."""
+    seconds, fraction = divmod(ns, NS_PER_SECOND)
+    text = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{fraction:09d}Z" if fraction else f"{text}Z"
+
+
+def parse_timestamp_ns(text: str) -> int:
+    """Databento's ISO timestamps (`2018-05-01T00:00:00.000000000Z`, dates, offsets) -> ns."""
+    value = text.strip()
+    fraction_ns = 0
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)\.(\d{1,9})(.*)$", value)
+    if match:
+        value = match.group(1) + match.group(3)
+        fraction_ns = int(match.group(2).ljust(9, "0"))
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return calendar.timegm(parsed.utctimetuple()) * NS_PER_SECOND + fraction_ns

@@ -1,0 +1,96 @@
+"""Before any billable request: what each product's range resolves to and what it will cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Protocol
+
+from loguru import logger
+
+from backend.jobs.client import RangeRequest
+from backend.jobs.errors import BudgetExceededError, InvalidInputError
+from backend.jobs.plan import Chunking, Product, TimeRange, date_ns, split_range
+
+
+class MetadataClient(Protocol):
+    def resolve(self, dataset: str, symbol: str, span: TimeRange) -> dict[str, Any]: ...
+    def estimate(self, request: RangeRequest) -> tuple[int, float]: ...
+
+
+@dataclass(frozen=True)
+class ProductPlan:
+    product: Product
+    span: TimeRange  # the year, clamped to the dataset and to where the symbol resolves
+    chunks: list[TimeRange]
+    instrument_ids: list[str]
+    estimated_bytes: int
+    estimated_usd: float
+
+
+def resolved_span(answer: dict[str, Any], symbol: str, span: TimeRange) -> TimeRange | None:
+    """Pure: the part of `span` covered by the symbol's resolved intervals (None: not at all)."""
+    intervals = answer.get("result", {}).get(symbol) or []
+    if not intervals or symbol in (answer.get("not_found") or []):
+        return None
+    first = date_ns(date.fromisoformat(min(item["d0"] for item in intervals)))
+    last = date_ns(date.fromisoformat(max(item["d1"] for item in intervals)))
+    start, end = max(span.start_ns, first), min(span.end_ns, last)
+    return TimeRange(start, end) if start < end else None
+
+
+def plan_product(
+    client: MetadataClient,
+    *,
+    dataset: str,
+    symbol: str,
+    year: int,
+    product: Product,
+    span: TimeRange,
+    chunking: Chunking,
+) -> ProductPlan:
+    answer = client.resolve(dataset, symbol, span)
+    covered = resolved_span(answer, symbol, span)
+    if covered is None:
+        raise InvalidInputError(
+            f"symbol {symbol} is not found in {dataset} for {year}: check the ticker "
+            "(raw_symbol as Databento lists it) or pick another dataset or year"
+        )
+    if covered != span:
+        logger.warning(
+            "{} resolves in {} only from {} to {} of {}; fetching that part (partial year)",
+            symbol,
+            dataset,
+            covered.start[:10],
+            covered.end[:10],
+            year,
+        )
+    ids = sorted({item["s"] for item in answer["result"][symbol]})
+    size, cost = client.estimate(RangeRequest(dataset, symbol, product.schema, covered))
+    plan = ProductPlan(product, covered, split_range(covered, chunking), ids, size, cost)
+    logger.info(
+        "preflight symbol={} year={} product={} start={} end={} instrument_ids={} chunks={} "
+        "est_bytes={} est_usd={:.4f}",
+        symbol,
+        year,
+        product.name,
+        covered.start,
+        covered.end,
+        ",".join(ids),
+        len(plan.chunks),
+        size,
+        cost,
+    )
+    return plan
+
+
+def check_budget(plans: list[ProductPlan], max_cost: float | None) -> None:
+    if max_cost is None:
+        return
+    total = sum(plan.estimated_usd for plan in plans)
+    if total > max_cost:
+        detail = ", ".join(f"{plan.product.name} ${plan.estimated_usd:.2f}" for plan in plans)
+        raise BudgetExceededError(
+            f"estimated cost ${total:.2f} ({detail}) exceeds --max-cost ${max_cost:.2f}: "
+            "raise the budget, fetch fewer products, or use --dry-run to review the plan"
+        )

@@ -1,0 +1,124 @@
+"""Live download progress on an interactive terminal; nothing at all anywhere else."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+from backend.jobs.cache import TEMP_SUFFIX
+
+REFRESH_S = 0.5
+
+
+class Progress(Protocol):
+    def start(self, product: str, parts_dir: Path, chunks: int) -> None: ...
+    def advance(self, product: str, part_bytes: int) -> None: ...
+    def finish(self, product: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullProgress:
+    """For pipes, logs, --quiet and tests: the log lines say everything."""
+
+    def start(self, product: str, parts_dir: Path, chunks: int) -> None:
+        pass
+
+    def advance(self, product: str, part_bytes: int) -> None:
+        pass
+
+    def finish(self, product: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def wants_progress(quiet: bool, json_logs: bool) -> bool:
+    """Only for a person watching a real terminal."""
+    return (
+        sys.stdout.isatty()
+        and not quiet
+        and not json_logs
+        and os.environ.get("TERM", "") not in {"", "dumb"}
+    )
+
+
+class RichProgress:
+    """Per product: chunks done/total, bytes on disk (finished parts + parts in flight), rate, ETA.
+
+    Bytes in flight are read from the sizes of the temp files being streamed, so the display
+    moves during a chunk, not only between chunks.
+    """
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichDisplay
+
+        self._display = RichDisplay(
+            TextColumn("{task.description:<6}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("chunks {task.fields[size]} {task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            redirect_stdout=True,
+            transient=False,
+        )
+        self._tasks: dict[str, tuple[int, Path, float]] = {}
+        self._done_bytes: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="progress", daemon=True)
+        self._display.start()
+        self._thread.start()
+
+    def start(self, product: str, parts_dir: Path, chunks: int) -> None:
+        with self._lock:
+            task = self._display.add_task(product, total=chunks, size="0.0 MB", rate="")
+            self._tasks[product] = (task, parts_dir, time.monotonic())
+            self._done_bytes[product] = 0
+
+    def advance(self, product: str, part_bytes: int) -> None:
+        with self._lock:
+            self._done_bytes[product] += part_bytes
+            self._display.advance(self._tasks[product][0])
+
+    def finish(self, product: str) -> None:
+        self._refresh(product)
+
+    def close(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(timeout=2)
+            self._display.stop()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(REFRESH_S):
+            for product in list(self._tasks):
+                self._refresh(product)
+
+    def _refresh(self, product: str) -> None:
+        with self._lock:
+            task, parts_dir, began = self._tasks[product]
+            in_flight = 0
+            for temp in parts_dir.glob(f".*{TEMP_SUFFIX}"):
+                try:
+                    in_flight += temp.stat().st_size
+                except FileNotFoundError:
+                    continue
+            total = self._done_bytes[product] + in_flight
+            elapsed = max(time.monotonic() - began, 1e-6)
+            self._display.update(
+                task, size=f"{total / 1e6:.1f} MB", rate=f"{total / 1e6 / elapsed:.1f} MB/s"
+            )
