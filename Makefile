@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
 PRODUCTS ?= trades,tbbo
-flag_force := $(if $(filter 1 yes true,$(FORCE)),--force,)
+truthy = $(filter 1 yes true,$(1))
+flags = $(if $(call truthy,$(FORCE)),--force) $(if $(call truthy,$(DRY_RUN)),--dry-run) \
+	$(if $(DATASET),--dataset "$(DATASET)")
 
 .PHONY: data demo test lint status verify bench clean-venv
 
@@ -16,8 +18,8 @@ $(READY): pyproject.toml
 	touch $(READY)
 
 data: $(READY)
-	@test -n "$(SYMBOL)" -a -n "$(YEAR)" || { echo "usage: make data SYMBOL=AAPL YEAR=2023 [FORCE=1] [PRODUCTS=trades,tbbo]" >&2; exit 2; }
-	$(BIN)/invoke data --symbol "$(SYMBOL)" --year "$(YEAR)" --products "$(PRODUCTS)" $(flag_force)
+	@test -n "$(SYMBOL)" -a -n "$(YEAR)" || { echo "usage: make data SYMBOL=AAPL YEAR=2023 [FORCE=1] [DRY_RUN=1] [PRODUCTS=trades,tbbo] [DATASET=XNAS.ITCH]" >&2; exit 2; }
+	$(BIN)/invoke data --symbol "$(SYMBOL)" --year "$(YEAR)" --products "$(PRODUCTS)" $(flags)
 
 demo: $(READY)
 	$(BIN)/invoke demo

@@ -99,7 +99,7 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=10)
-    print("\nDone. With a real key: export DATABENTO_API_KEY=db-...; make data SYMBOL=AAPL YEAR=2023")
+    print("\nDone. With a real key: make data SYMBOL=AAPL YEAR=2023 (DATABENTO_API_KEY set)")
     return 0
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +15,7 @@ import typer
 from loguru import logger
 
 from backend.jobs.errors import EXIT_FAILED, EXIT_INTERRUPTED, IngestError, InvalidInputError
-from backend.jobs.logs import setup_logging
+from backend.jobs.logs import setup_logging, warnings_logged
 from backend.jobs.plan import (
     CHUNKINGS,
     normalize_dataset,
@@ -161,8 +160,7 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
         )
         show_tables = not quiet and not log_json
         progress = RichProgress() if wants_progress(quiet, log_json) and not dry_run else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")  # the SDK's X-Warning degraded-day notices
+        with warnings_logged():
             report = run_ingest(request, settings, progress=progress or NullProgress())
         if dry_run:
             print_plan(report, request.symbol, request.year)
@@ -170,6 +168,9 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
             print_summary(report, request.symbol, request.year)
     except IngestError as exc:
         raise _fail(exc) from None
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise _fail(IngestError(f"file system error{where}: {exc.strerror or exc}")) from None
     except KeyboardInterrupt:
         logger.error("interrupted: finished chunks are kept; run the same command again to resume")
         raise typer.Exit(EXIT_INTERRUPTED) from None

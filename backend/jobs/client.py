@@ -63,7 +63,7 @@ class DatabentoClient:
 
     def dataset_range(self, dataset: str) -> dict[str, TimeRange]:
         """Per-schema available [start, end); top-level end is a max over schemas, so not used."""
-        answer = self._call(self._sdk.metadata.get_dataset_range, f"range of {dataset}", dataset)
+        answer = self._call(self._sdk.metadata.get_dataset_range, f"dataset {dataset}", dataset)
         default = TimeRange(parse_timestamp_ns(answer["start"]), parse_timestamp_ns(answer["end"]))
         ranges = {}
         for schema, bounds in (answer.get("schema") or {}).items():
@@ -77,7 +77,13 @@ class DatabentoClient:
     def download(self, request: RangeRequest, path: Path) -> None:
         """Stream one range to `path`, which must not exist (the SDK opens it with `x`)."""
         what = f"{request.schema} {request.span}"
-        self._call(self._sdk.timeseries.get_range, what, path=path, **request.params())
+        try:
+            store = self._sdk.timeseries.get_range(path=path, **request.params())
+        except Exception as exc:  # noqa: BLE001  translated below, never hidden
+            _close_leaked_writer(exc, path)
+            raise translate_error(exc, what) from None
+        # The returned store keeps the file open; we only wanted the bytes on disk.
+        store.reader.close()
 
     def resolve(self, dataset: str, symbol: str, span: TimeRange) -> dict[str, Any]:
         return self._call(
@@ -105,6 +111,20 @@ class DatabentoClient:
             return method(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001  every SDK failure is translated, none hidden
             raise translate_error(exc, what) from None
+
+
+def _close_leaked_writer(exc: BaseException, path: Path) -> None:
+    """When a stream breaks, the SDK leaves its output file open (databento 0.88 http._stream).
+
+    Close it now rather than at garbage collection, so the partial file's space is freed
+    as soon as we unlink it.
+    """
+    traceback = exc.__traceback__
+    while traceback is not None:
+        writer = traceback.tb_frame.f_locals.get("writer")
+        if getattr(writer, "name", None) == str(path) and not writer.closed:
+            writer.close()
+        traceback = traceback.tb_next
 
 
 def _end_date(span: TimeRange) -> str:

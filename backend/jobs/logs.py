@@ -7,11 +7,13 @@ out of tracebacks, and a patcher masks the key should any message ever contain i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from loguru import logger
@@ -89,8 +91,18 @@ def setup_logging(
         **text_options,
     )
     logger.add(make_sink("stderr"), level="ERROR", diagnose=False, backtrace=False, **text_options)
-    logging.basicConfig(handlers=[InterceptHandler()], level=logging.INFO, force=True)
-    warnings.showwarning = _log_warning
+    # The SDK's own INFO lines ("Initialized Historical(...)") are noise unless debugging.
+    sdk_level = logging.DEBUG if level in {"TRACE", "DEBUG"} else logging.WARNING
+    logging.basicConfig(handlers=[InterceptHandler()], level=sdk_level, force=True)
+
+
+@contextlib.contextmanager
+def warnings_logged() -> Iterator[None]:
+    """Log every warning (the SDK's X-Warning degraded-day notices among them) while inside."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = _log_warning
+        yield
 
 
 def _colors() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -142,12 +143,14 @@ class SymbolCatalog:
         for interval in parsed:
             if interval.d0 >= interval.d1:
                 raise ValueError(f"empty interval {interval} for {symbol}")
-        for earlier, later in zip(parsed, parsed[1:], strict=False):
+        for earlier, later in itertools.pairwise(parsed):
             if later.d0 < earlier.d1:
                 raise ValueError(f"overlapping intervals for {symbol}: {earlier}, {later}")
         self._intervals[(dataset, symbol)] = _coalesce(parsed)
 
-    def extend(self, dataset: str, symbol: str, intervals: Iterable[tuple[date, date, int]]) -> None:
+    def extend(
+        self, dataset: str, symbol: str, intervals: Iterable[tuple[date, date, int]]
+    ) -> None:
         """Add intervals to `symbol`; overlaps must agree on the instrument_id."""
         existing = self._intervals.get((dataset, symbol), [])
         merged: list[tuple[date, date, int]] = [(i.d0, i.d1, i.instrument_id) for i in existing]
@@ -219,7 +222,7 @@ def _subtract(
 def _covers(intervals: list[SymbolInterval], d0: date, d1: date) -> bool:
     if intervals[0].d0 != d0 or intervals[-1].d1 != d1:
         return False
-    return all(a.d1 == b.d0 for a, b in zip(intervals, intervals[1:], strict=False))
+    return all(a.d1 == b.d0 for a, b in itertools.pairwise(intervals))
 
 
 def default_catalog() -> SymbolCatalog:

@@ -1,4 +1,4 @@
-"""DBN v3 response bodies: the metadata header the real server writes, then zstd-compressed records."""
+"""DBN v3 response bodies: the real server's metadata header, then zstd-compressed records."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def encode_metadata(
     not_found: Sequence[str],
     mappings: dict[str, list[SymbolInterval]],
 ) -> bytes:
-    """The DBN v3 metadata header, filled the way the real server fills it for raw_symbol requests."""
+    """The DBN v3 metadata header, filled like the real server does for raw_symbol requests."""
     metadata = Metadata(
         dataset=dataset,
         start=start_ns,
@@ -84,7 +84,9 @@ def encode_body(
         for records in day_records:
             yield records.tobytes()
         return
-    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=False)
+    compressor = zstandard.ZstdCompressor(
+        level=level, write_checksum=True, write_content_size=False
+    )
     if frames == "per_day":
         yield compressor.compress(metadata)
         for records in day_records:

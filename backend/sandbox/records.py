@@ -67,7 +67,7 @@ def _record_dtype(fields: list[tuple[str, str, int]], itemsize: int) -> np.dtype
 
 
 TRADE_DTYPE = _record_dtype(_TRADE_FIELDS, 48)
-MBP1_DTYPE = _record_dtype(_TRADE_FIELDS + _BOOK_FIELDS, 80)
+MBP1_DTYPE = _record_dtype([*_TRADE_FIELDS, *_BOOK_FIELDS], 80)
 RECORD_DTYPES = {"trades": TRADE_DTYPE, "tbbo": MBP1_DTYPE}
 _RTYPES = {"trades": 0x00, "tbbo": 0x01}  # MBP_0, MBP_1
 
@@ -75,12 +75,16 @@ FLAGS_LAST_PUBLISHER_SPECIFIC = 130
 _TICK = 10_000_000  # $0.01 in 1e-9 units
 _U64 = np.uint64
 
+
+def _u64_table(values: str) -> np.ndarray:
+    return np.array([int(value) for value in values.split()], dtype=np.uint64)
+
+
 # Trade word 3 (size | action | side | flags | depth) for each of 256 random byte values:
 # 5 bits pick a size (round lots dominate), 3 bits the aggressor side (mostly A/B, some N).
-_TRADE_SIZES = np.array(
-    [100, 100, 100, 100, 100, 100, 200, 200, 300, 400, 500, 1000, 1, 1, 2, 3]
-    + [5, 8, 10, 10, 15, 20, 25, 30, 40, 50, 50, 60, 75, 80, 150, 250],
-    dtype=np.uint64,
+_TRADE_SIZES = _u64_table(
+    "100 100 100 100 100 100 200 200 300 400 500 1000 1 1 2 3 "
+    "5 8 10 10 15 20 25 30 40 50 50 60 75 80 150 250"
 )
 _SIDES = np.array([ord(c) for c in "ABABABAN"], dtype=np.uint64)
 _TRADE_WORD3 = (
@@ -90,10 +94,9 @@ _TRADE_WORD3 = (
     | (_U64(FLAGS_LAST_PUBLISHER_SPECIFIC) << _U64(48))
 )
 _SIDE_OF_WORD3 = np.repeat(_SIDES, 32)
-_BOOK_SIZES = np.array(
-    [100, 100, 200, 200, 300, 300, 400, 500, 600, 700, 800, 900, 1000, 1200, 1500, 2000]
-    + [1, 5, 10, 20, 30, 40, 50, 60, 80, 150, 250, 350, 450, 2500, 3000, 5000],
-    dtype=np.uint64,
+_BOOK_SIZES = _u64_table(
+    "100 100 200 200 300 300 400 500 600 700 800 900 1000 1200 1500 2000 "
+    "1 5 10 20 30 40 50 60 80 150 250 350 450 2500 3000 5000"
 )
 
 
@@ -119,7 +122,9 @@ def _arange(n: int) -> np.ndarray:
     return values
 
 
-def _trade_words(dataset: str, symbol: str, day: date, n: int) -> tuple[np.random.Generator, np.ndarray]:
+def _trade_words(
+    dataset: str, symbol: str, day: date, n: int
+) -> tuple[np.random.Generator, np.ndarray]:
     """The day's generator and its n+1 random words (the last only closes the session)."""
     rng = np.random.Generator(np.random.PCG64(_seed(dataset, symbol, day, n)))
     return rng, rng.bit_generator.random_raw(n + 1)
@@ -146,7 +151,7 @@ def day_ts_recv(dataset: str, symbol: str, day: date, records_per_day: int) -> n
 
 
 def _build_day(
-    dataset: str, symbol: str, schema: str, day: date, n: int, instrument_id: int
+    dataset: str, symbol: str, schema: str, day: date, *, n: int, instrument_id: int
 ) -> np.ndarray:
     info = DATASETS[dataset]
     dtype = RECORD_DTYPES[schema]
@@ -185,7 +190,9 @@ def _build_day(
     else:
         out[:, 5] = 0
     if schema == "tbbo":
-        _fill_book(out, rng.bit_generator.random_raw(n), cents, word3_index, info.has_venue_sequence)
+        _fill_book(
+            out, rng.bit_generator.random_raw(n), cents, word3_index, info.has_venue_sequence
+        )
     records.flags.writeable = False
     return records
 
@@ -259,6 +266,7 @@ def generate_day(
     schema: str,
     day: date,
     records_per_day: int,
+    *,
     instrument_id: int | None = None,
 ) -> np.ndarray:
     """The day's records (read-only structured array, ascending ts_recv).
@@ -279,7 +287,9 @@ def generate_day(
     key = (dataset, symbol, schema, day, records_per_day, instrument_id)
     records = _day_cache.get(key)
     if records is None:
-        records = _build_day(dataset, symbol, schema, day, records_per_day, instrument_id)
+        records = _build_day(
+            dataset, symbol, schema, day, n=records_per_day, instrument_id=instrument_id
+        )
         _day_cache.put(key, records)
     return records
 
@@ -290,10 +300,14 @@ def day_record_bytes(
     schema: str,
     day: date,
     records_per_day: int,
+    *,
     instrument_id: int | None = None,
 ) -> bytes:
     """The day's records as DBN v3 record bytes."""
-    return generate_day(dataset, symbol, schema, day, records_per_day, instrument_id).tobytes()
+    records = generate_day(
+        dataset, symbol, schema, day, records_per_day, instrument_id=instrument_id
+    )
+    return records.tobytes()
 
 
 def _days(d0: date, d1: date) -> Iterator[date]:
@@ -315,6 +329,7 @@ def count_records(
     dataset: str,
     symbol: str,
     intervals: Iterable[SymbolInterval],
+    *,
     start_ns: int,
     end_ns: int,
     records_per_day: int,
@@ -331,12 +346,14 @@ def count_records(
             if start_ns <= session_open and session_close <= end_ns:
                 total += records_per_day
             elif session_open < end_ns and start_ns < session_close:
-                window = _day_slice(day_ts_recv(dataset, symbol, day, records_per_day), day, start_ns, end_ns)
+                window = _day_slice(
+                    day_ts_recv(dataset, symbol, day, records_per_day), day, start_ns, end_ns
+                )
                 total += window.stop - window.start
     return total
 
 
-def expected_records(
+def expected_records(  # noqa: PLR0917 - positional by contract, callers pass *range
     dataset: str,
     symbol: str,
     schema: str,
@@ -348,13 +365,21 @@ def expected_records(
     if schema not in DATA_SCHEMAS:
         raise ValueError(f"no synthetic data for schema {schema!r}")
     intervals = _default_catalog().clipped(dataset, symbol, ns_to_date(start_ns), ceil_date(end_ns))
-    return count_records(dataset, symbol, intervals, start_ns, end_ns, records_per_day)
+    return count_records(
+        dataset,
+        symbol,
+        intervals,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        records_per_day=records_per_day,
+    )
 
 
 def iter_range_records(
     dataset: str,
     schema: str,
     mappings: dict[str, list[SymbolInterval]],
+    *,
     start_ns: int,
     end_ns: int,
     records_per_day: int,
@@ -365,11 +390,14 @@ def iter_range_records(
     for day in _days(ns_to_date(start_ns), ceil_date(end_ns)):
         if not is_trading_day(day):
             continue
-        parts = [
-            part
-            for symbol, iid in _listed_on(mappings, day)
-            if len(part := _symbol_day(dataset, symbol, schema, day, records_per_day, iid, start_ns, end_ns))
-        ]
+        parts = []
+        for symbol, instrument_id in _listed_on(mappings, day):
+            records = generate_day(
+                dataset, symbol, schema, day, records_per_day, instrument_id=instrument_id
+            )
+            window = records[_day_slice(records["ts_recv"], day, start_ns, end_ns)]
+            if len(window):
+                parts.append(window)
         if not parts:
             continue
         records = parts[0] if len(parts) == 1 else _merge_by_ts_recv(parts)
@@ -379,20 +407,6 @@ def iter_range_records(
         yield records
         if remaining == 0:
             return
-
-
-def _symbol_day(
-    dataset: str,
-    symbol: str,
-    schema: str,
-    day: date,
-    records_per_day: int,
-    instrument_id: int,
-    start_ns: int,
-    end_ns: int,
-) -> np.ndarray:
-    records = generate_day(dataset, symbol, schema, day, records_per_day, instrument_id)
-    return records[_day_slice(records["ts_recv"], day, start_ns, end_ns)]
 
 
 def _listed_on(mappings: dict[str, list[SymbolInterval]], day: date) -> Iterator[tuple[str, int]]:

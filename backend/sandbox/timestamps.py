@@ -66,12 +66,16 @@ def date_to_ns(day: date) -> int:
     return (day.toordinal() - _EPOCH_ORDINAL) * NS_PER_DAY
 
 
-def datetime_to_ns(moment: datetime | date) -> int:
-    """Nanoseconds of an aware datetime, or of a date's UTC midnight."""
+def to_ns(moment: datetime | date | str | int) -> int:
+    """UTC nanoseconds of a datetime (naive = UTC), a date's midnight, an ISO string or ns."""
+    if isinstance(moment, int):
+        return moment
+    if isinstance(moment, str):
+        return parse_timestamp(moment).ns
     if not isinstance(moment, datetime):
         return date_to_ns(moment)
     if moment.tzinfo is None:
-        raise ValueError("naive datetime; pass a timezone-aware datetime")
+        moment = moment.replace(tzinfo=UTC)
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * NS_PER_SECOND + delta.microseconds * 1000
 

@@ -1,0 +1,94 @@
+"""`python -m backend.sandbox serve --state-dir DIR`: run the sandbox gateway until SIGTERM/SIGINT.
+
+DIR/ca.pem gets the CA certificate, then DIR/gateway the "127.0.0.1:PORT" string (written
+atomically and last, so a waiter can poll for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import signal
+import sys
+import threading
+from datetime import UTC, date, datetime
+from pathlib import Path
+from types import FrameType
+
+from backend.sandbox.gateway import SandboxGateway
+
+logger = logging.getLogger("backend.sandbox")
+
+
+def _utc_date(text: str) -> datetime:
+    day = date.fromisoformat(text)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m backend.sandbox", description="Local stand-in of the Databento HTTP API."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve until SIGTERM/SIGINT")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0)
+    serve.add_argument("--state-dir", type=Path, required=True)
+    serve.add_argument("--records-per-day", type=int, default=20)
+    serve.add_argument("--throttle-bytes-per-s", type=float, default=None)
+    serve.add_argument(
+        "--available-end",
+        type=_utc_date,
+        default=None,
+        help="exclusive end of data, YYYY-MM-DD (default: today 00:00 UTC)",
+    )
+    serve.add_argument("--frames", choices=("single", "per_day"), default="single")
+    return parser
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def serve(args: argparse.Namespace) -> int:
+    stop_requested = threading.Event()
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    state_dir: Path = args.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    gateway = SandboxGateway(
+        records_per_day=args.records_per_day,
+        available_end=args.available_end,
+        throttle_bytes_per_s=args.throttle_bytes_per_s,
+        frames=args.frames,
+        host=args.host,
+        port=args.port,
+    )
+    with gateway:
+        shutil.copyfile(gateway.ca_path, state_dir / "ca.pem")
+        _write_atomically(state_dir / "gateway", gateway.gateway)
+        logger.info(
+            "sandbox gateway serving https://%s (CA %s)", gateway.gateway, state_dir / "ca.pem"
+        )
+        # Wake up periodically so signals are handled promptly on every platform.
+        while not stop_requested.wait(0.5):
+            pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = _parser().parse_args(argv)
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

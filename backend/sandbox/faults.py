@@ -1,0 +1,101 @@
+"""Injected failures: error statuses, connections cut mid-body, slow responses."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Fault:
+    """The next `times` requests to `endpoint` (that `match` accepts) fail this way.
+
+    status: answer with this HTTP status and a realistic JSON error body (`detail` overrides
+    the body's detail) plus `Retry-After` when `retry_after` is set.
+    cut_after_bytes: send the response normally but drop the connection after that many body
+    bytes, without the final zero-length chunk (also when the body is shorter).
+    delay_s: wait this long before answering (read-timeout tests).
+    """
+
+    endpoint: str = "timeseries.get_range"
+    status: int | None = None
+    times: int = 1
+    retry_after: int | float | str | None = None
+    cut_after_bytes: int | None = None
+    match: Callable[[dict[str, str]], bool] | None = None
+    detail: dict[str, Any] | str | None = None
+    delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status is None and self.cut_after_bytes is None and self.delay_s <= 0:
+            raise ValueError("a Fault needs a status, cut_after_bytes or delay_s")
+        if self.status is not None and not 400 <= self.status <= 599:
+            raise ValueError(f"fault status must be 4xx/5xx, got {self.status}")
+        if self.times < 1:
+            raise ValueError("times must be >= 1")
+        if self.cut_after_bytes is not None and self.cut_after_bytes < 0:
+            raise ValueError("cut_after_bytes must be >= 0")
+
+    @property
+    def retry_after_header(self) -> str | None:
+        if self.retry_after is None:
+            return None
+        if isinstance(self.retry_after, float) and self.retry_after.is_integer():
+            return str(int(self.retry_after))
+        return str(self.retry_after)
+
+    def matches(self, endpoint: str, params: dict[str, str]) -> bool:
+        if endpoint != self.endpoint:
+            return False
+        if self.match is None:
+            return True
+        try:
+            return bool(self.match(params))
+        except Exception:
+            logger.exception("fault match callable raised; treating as no match")
+            return False
+
+
+@dataclass
+class _ArmedFault:
+    fault: Fault
+    remaining: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.remaining = self.fault.times
+
+
+class FaultBook:
+    """Armed faults, consumed in the order they were added (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._armed: list[_ArmedFault] = []
+        self._lock = threading.Lock()
+
+    def add(self, fault: Fault) -> None:
+        with self._lock:
+            self._armed.append(_ArmedFault(fault))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._armed.clear()
+
+    def take(self, endpoint: str, params: dict[str, str]) -> Fault | None:
+        """Consume one use of the first fault matching this request."""
+        with self._lock:
+            for armed in self._armed:
+                if armed.fault.matches(endpoint, params):
+                    armed.remaining -= 1
+                    if armed.remaining == 0:
+                        self._armed.remove(armed)
+                    return armed.fault
+        return None
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(armed.remaining for armed in self._armed)

@@ -1,0 +1,237 @@
+"""SandboxGateway: a local HTTPS stand-in of the Databento historical API, for tests and demos."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import tempfile
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import trustme
+
+from backend.sandbox.catalog import DATASETS, SymbolCatalog, default_catalog
+from backend.sandbox.faults import Fault, FaultBook
+from backend.sandbox.fixtures import Fixture, FixtureKey, load_fixture
+from backend.sandbox.server import SandboxHttpServer
+from backend.sandbox.timestamps import to_ns, today_midnight_ns
+
+_STOP_JOIN_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    endpoint: str  # e.g. "timeseries.get_range"; the raw path when not under /v0/
+    params: dict[str, str]
+    key: str | None
+
+
+class SandboxGateway:
+    """Serves the Databento historical HTTP API on 127.0.0.1 over TLS with synthetic data.
+
+    Point the SDK at it with `databento.Historical(key, gateway=gw.gateway)` and
+    `REQUESTS_CA_BUNDLE=gw.ca_path`. Settings are plain attributes; `reset()` restores them.
+    """
+
+    def __init__(
+        self,
+        *,
+        records_per_day: int = 20,
+        available_end: datetime | date | str | None = None,
+        available_start: datetime | date | str = datetime(2018, 5, 1, tzinfo=UTC),
+        api_keys: Iterable[str] | None = None,
+        throttle_bytes_per_s: float | None = None,
+        price_per_gb: float = 1.0,
+        frames: Literal["single", "per_day"] = "single",
+        compression_level: int = 1,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if frames not in ("single", "per_day"):
+            raise ValueError(f"frames must be 'single' or 'per_day', got {frames!r}")
+        self._initial_settings: dict[str, Any] = {
+            "records_per_day": records_per_day,
+            "available_end": available_end,
+            "available_start": available_start,
+            "api_keys": None if api_keys is None else frozenset(api_keys),
+            "throttle_bytes_per_s": throttle_bytes_per_s,
+            "price_per_gb": price_per_gb,
+            "frames": frames,
+            "compression_level": compression_level,
+        }
+        self.records_per_day: int = records_per_day
+        self.available_end: datetime | date | str | None = available_end
+        self.available_start: datetime | date | str = available_start
+        self.api_keys: frozenset[str] | None = None
+        self.throttle_bytes_per_s: float | None = throttle_bytes_per_s
+        self.price_per_gb: float = price_per_gb
+        self.frames: Literal["single", "per_day"] = frames
+        self.compression_level: int = compression_level
+        self.catalog: SymbolCatalog = default_catalog()
+        self.fixtures: dict[FixtureKey, Fixture] = {}
+        self.degraded_days: set[date] = set()
+        self.faults = FaultBook()
+        self.requests: list[RecordedRequest] = []
+        self._dataset_ranges: dict[str, tuple[int, int]] = {}
+        self._requests_lock = threading.Lock()
+        self._host, self._port = host, port
+        self._server: SandboxHttpServer | None = None
+        self._thread: threading.Thread | None = None
+        self._state_dir: Path | None = None
+        self._ca_path: Path | None = None
+        self._restore_settings()
+
+    # lifecycle
+
+    def start(self) -> SandboxGateway:
+        if self._server is not None:
+            return self
+        self._state_dir = Path(tempfile.mkdtemp(prefix="bento-sandbox-"))
+        authority = trustme.CA()
+        certificate = authority.issue_cert("127.0.0.1", "localhost")
+        self._ca_path = self._state_dir / "ca.pem"
+        authority.cert_pem.write_to_path(str(self._ca_path))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        certificate.configure_cert(context)
+        self._server = SandboxHttpServer((self._host, self._port), context, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="sandbox-gateway",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.stopping.set()
+        server.shutdown()
+        server.abort_connections()
+        server.server_close()
+        if thread is not None:
+            thread.join(_STOP_JOIN_TIMEOUT_S)
+        self._server = self._thread = None
+        if self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+        self._state_dir = self._ca_path = None
+
+    def __enter__(self) -> SandboxGateway:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def gateway(self) -> str:
+        """`127.0.0.1:PORT`, the value for databento.Historical(gateway=...)."""
+        server = self._require_started()
+        host, port = server.server_address[:2]
+        return f"{host}:{port}"
+
+    @property
+    def port(self) -> int:
+        return int(self._require_started().server_address[1])
+
+    @property
+    def ca_path(self) -> Path:
+        """PEM of the CA that signed the gateway's certificate (for REQUESTS_CA_BUNDLE)."""
+        self._require_started()
+        if self._ca_path is None:
+            raise RuntimeError("SandboxGateway has no CA file")
+        return self._ca_path
+
+    def _require_started(self) -> SandboxHttpServer:
+        if self._server is None:
+            raise RuntimeError("SandboxGateway is not started; call start() first")
+        return self._server
+
+    # test controls
+
+    def reset(self) -> None:
+        """Forget requests, faults, added symbols/fixtures, degraded days; restore settings."""
+        with self._requests_lock:
+            self.requests.clear()
+        self.faults.clear()
+        self.catalog = default_catalog()
+        self.fixtures.clear()
+        self.degraded_days = set()
+        self._dataset_ranges.clear()
+        self._restore_settings()
+
+    def _restore_settings(self) -> None:
+        for name, value in self._initial_settings.items():
+            setattr(self, name, value)
+
+    def add_fault(self, fault: Fault) -> None:
+        self.faults.add(fault)
+
+    def add_symbol(
+        self,
+        symbol: str,
+        intervals: Iterable[tuple[date, date, int]],
+        dataset: str = "XNAS.ITCH",
+    ) -> None:
+        """Map `symbol` to instrument_ids over [d0, d1) intervals (replaces earlier ones)."""
+        self._check_dataset(dataset)
+        self.catalog.set_symbol(dataset, symbol, intervals)
+
+    def add_fixture(self, path: Path | str) -> Fixture:
+        """Serve a real DBN file verbatim to the get_range request its metadata describes."""
+        fixture = load_fixture(path)
+        self._check_dataset(fixture.dataset)
+        for symbol, intervals in fixture.mappings.items():
+            self.catalog.extend(fixture.dataset, symbol, intervals)
+        self.fixtures[fixture.key] = fixture
+        return fixture
+
+    def set_dataset_range(
+        self, dataset: str, start: datetime | date | str, end: datetime | date | str
+    ) -> None:
+        """Override the available [start, end) of `dataset` (all schemas) until reset()."""
+        self._check_dataset(dataset)
+        self._dataset_ranges[dataset] = (to_ns(start), to_ns(end))
+
+    def count(self, endpoint: str) -> int:
+        with self._requests_lock:
+            return sum(1 for request in self.requests if request.endpoint == endpoint)
+
+    # used by the endpoints
+
+    def record_request(
+        self, method: str, endpoint: str, params: dict[str, str], key: str | None
+    ) -> None:
+        with self._requests_lock:
+            self.requests.append(RecordedRequest(method, endpoint, dict(params), key))
+
+    def accepts_key(self, key: str) -> bool:
+        if self.api_keys is None:
+            return key.startswith("db-")
+        return key in self.api_keys
+
+    def dataset_range_ns(self, dataset: str) -> tuple[int, int]:
+        """Available [start, end) of `dataset` in UTC nanoseconds."""
+        if dataset in self._dataset_ranges:
+            return self._dataset_ranges[dataset]
+        fixed_start = DATASETS[dataset].fixed_start
+        start = to_ns(fixed_start or self.available_start)
+        end = to_ns(self.available_end) if self.available_end else today_midnight_ns()
+        return start, end
+
+    @staticmethod
+    def _check_dataset(dataset: str) -> None:
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")

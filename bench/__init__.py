@@ -1,0 +1,1 @@
+"""Benchmarks of the bento-ingest CLI against the plain Databento SDK; run `python -m bench`."""

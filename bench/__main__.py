@@ -1,0 +1,104 @@
+"""`python -m bench [--quick] [--only N ...]`: our CLI against the plain SDK, on the sandbox.
+
+Prints scenario | ours | baseline | ratio | target | met? and writes bench/results/latest.json
+(the commands' output goes to bench/results/latest.log). Timings are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from bench.harness import REPO
+from bench.scenarios import SCENARIOS, THROTTLE_BYTES_PER_S, Bench, Row
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="1/16 of the volumes: a smoke run")
+    parser.add_argument(
+        "--only", type=int, action="append", choices=sorted(SCENARIOS), help="run scenario N"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs per download (median)")
+    parser.add_argument("--cached-runs", type=int, default=None, help="runs for scenario 4")
+    return parser.parse_args()
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("scenario", "ours", "baseline", "ratio", "target", "met?")
+    met = {True: "yes", False: "NO", None: "-"}
+    lines = [
+        (r.scenario, r.ours, r.baseline, f"{r.ratio:.2f}" if r.ratio else "-", r.target, met[r.met])
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+
+    def show(cells: tuple[str, ...]) -> str:
+        return " | ".join(
+            cell.ljust(width) if i in {0, 4} else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    rule = "-+-".join("-" * width for width in widths)
+    return "\n".join([show(header), rule, *(show(line) for line in lines)])
+
+
+def _git_commit() -> str | None:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or None
+
+
+def main() -> None:
+    args = _parse()
+    chosen = args.only or sorted(SCENARIOS)
+    cached_runs = args.cached_runs or (3 if args.quick else 5)
+    RESULTS.mkdir(exist_ok=True)
+    log = RESULTS / "latest.log"
+    log.write_text("")
+    rows: list[Row] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-") as work:
+        bench = Bench(
+            Path(work), log, quick=args.quick, repeat=args.repeat, cached_runs=cached_runs
+        )
+        for number in chosen:
+            print(f"scenario {number} ...", flush=True)
+            rows += SCENARIOS[number](bench)
+    print()
+    print(format_table(rows))
+    report = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "git_commit": _git_commit(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "options": {
+            "quick": args.quick,
+            "scenarios": chosen,
+            "repeat": args.repeat,
+            "cached_runs": cached_runs,
+            "throttle_bytes_per_s": THROTTLE_BYTES_PER_S,
+        },
+        "rows": [asdict(row) for row in rows],
+        "measurements": bench.measurements,
+    }
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {RESULTS / 'latest.json'} (command output: {log})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Processes: the sandbox gateway in its own process, and measured commands in theirs.
+
+Each measured command is reaped with `os.wait4(pid)`, whose rusage is that one child's own
+(ru_maxrss = its peak RSS; a max over it and any children it waited for itself). Unlike
+RUSAGE_CHILDREN deltas, it is not a max over every child this process ever had, so the
+server or an earlier, bigger run cannot leak into a later measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+API_KEY = "db-bench-key"
+RUN_TIMEOUT_S = 1800.0
+SERVER_START_TIMEOUT_S = 60.0
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Measurement:
+    wall_s: float
+    peak_rss_mb: float  # 10**6 bytes
+
+    def as_json(self) -> dict[str, float]:
+        return {key: round(value, 4) for key, value in asdict(self).items()}
+
+
+def measure(argv: Sequence[str], *, env: dict[str, str], log: Path) -> Measurement:
+    """Run argv to completion, output appended to `log`; its wall time and its own peak RSS."""
+    with log.open("ab") as out:
+        out.write(f"\n$ {' '.join(argv)}\n".encode())
+        out.flush()
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+        watchdog = threading.Timer(RUN_TIMEOUT_S, proc.kill)
+        watchdog.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            watchdog.cancel()
+        wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(argv[1:5])} ... exited {proc.returncode}; see {log}")
+    return Measurement(wall, usage.ru_maxrss * 1024 / 1e6)  # ru_maxrss is KiB on Linux
+
+
+def median_of(runs: list[Measurement]) -> Measurement:
+    return Measurement(
+        statistics.median(run.wall_s for run in runs),
+        statistics.median(run.peak_rss_mb for run in runs),
+    )
+
+
+@dataclass(frozen=True)
+class Gateway:
+    address: str  # 127.0.0.1:PORT
+    ca_path: Path
+
+    def env(self) -> dict[str, str]:
+        """What a user of our CLI or of the SDK sets to reach the sandbox."""
+        env = {k: v for k, v in os.environ.items() if k not in {"DATA_DIR", "DATABENTO_MAX_COST"}}
+        env.update(
+            DATABENTO_API_KEY=API_KEY,
+            DATABENTO_GATEWAY=self.address,
+            REQUESTS_CA_BUNDLE=str(self.ca_path),
+            SSL_CERT_FILE=str(self.ca_path),
+            NO_COLOR="1",
+        )
+        return env
+
+
+@contextlib.contextmanager
+def sandbox(
+    state_dir: Path,
+    *,
+    records_per_day: int,
+    throttle_bytes_per_s: int | None = None,
+    available_end: str = "2025-01-01",
+) -> Iterator[Gateway]:
+    """A fresh sandbox gateway process (`python -m backend.sandbox serve`) until the block ends."""
+    state_dir.mkdir(parents=True)
+    argv = [
+        PYTHON,
+        "-m",
+        "backend.sandbox",
+        "serve",
+        "--state-dir",
+        str(state_dir),
+        "--port",
+        "0",
+        "--records-per-day",
+        str(records_per_day),
+        "--available-end",
+        available_end,
+    ]
+    if throttle_bytes_per_s:
+        argv += ["--throttle-bytes-per-s", str(throttle_bytes_per_s)]
+    log = state_dir / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        address_file = state_dir / "gateway"  # written last, atomically
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not address_file.exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the sandbox gateway did not start; see {log}")
+            time.sleep(0.05)
+        yield Gateway(address_file.read_text().strip(), state_dir / "ca.pem")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def ours_argv(data_dir: Path, *, force: bool) -> list[str]:
+    argv = [PYTHON, "-m", "backend.jobs.cli", "data", "--symbol", "AAPL", "--year", "2023"]
+    argv += ["--products", "trades", "--data-dir", str(data_dir)]
+    return [*argv, "--force"] if force else argv
+
+
+def plain_argv(out: Path) -> list[str]:
+    return [PYTHON, "-m", "bench.plain_sdk", "--out", str(out)]
+
+
+def import_argv() -> list[str]:
+    return [PYTHON, "-c", "import typer, loguru"]

@@ -1,0 +1,348 @@
+"""The year-scale engine: chunks, resume, retries, merge equivalence, locks, disk and signals."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import databento
+import pytest
+import zstandard
+
+from backend.sandbox import Fault, expected_records
+from tests.helpers import completions, leftovers, year_folder
+
+MARCH = "2023-03-01"
+
+
+def starts(gateway) -> collections.Counter[str]:
+    """How often each chunk (by its start date) was requested from the gateway."""
+    return collections.Counter(
+        r.params["start"][:10] for r in gateway.requests if r.endpoint == "timeseries.get_range"
+    )
+
+
+def in_march(params: dict[str, str]) -> bool:
+    return params["start"].startswith(MARCH)
+
+
+def decompressed(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True).read()
+
+
+def test_stream_cut_in_one_chunk_refetches_only_that_chunk(gateway, cli, data_dir, tmp_path):
+    """A cut stream costs one chunk, not the year; the result equals an uninterrupted run."""
+    cli(
+        "data",
+        "--symbol",
+        "AAPL",
+        "--year",
+        "2023",
+        "--products",
+        "trades",
+        "--data-dir",
+        str(tmp_path / "reference"),
+    )
+    gateway.reset()
+    gateway.add_fault(
+        Fault(
+            endpoint="timeseries.get_range",
+            cut_after_bytes=120,
+            times=1,
+            match=in_march,
+        )
+    )
+    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    assert result.exit_code == 0, result.output
+    counts = starts(gateway)
+    assert counts.pop(MARCH) == 2
+    assert set(counts.values()) == {1}
+    assert len(counts) == 11
+    reference = year_folder(tmp_path / "reference") / "TRADES.dbn.zst"
+    assert (year_folder(data_dir) / "TRADES.dbn.zst").read_bytes() == reference.read_bytes()
+
+
+def test_server_errors_are_retried_with_a_log_line_each(gateway, cli, data_dir):
+    """503 twice then success: the run succeeds and says why it retried."""
+    gateway.add_fault(
+        Fault(
+            endpoint="timeseries.get_range",
+            status=503,
+            times=2,
+            match=in_march,
+        )
+    )
+    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    assert result.exit_code == 0, result.output
+    retries = [line for line in result.stdout.splitlines() if "retry" in line and "503" in line]
+    assert len(retries) == 2
+    assert starts(gateway)[MARCH] == 3
+
+
+def test_rate_limit_waits_for_retry_after(gateway, cli, data_dir):
+    """429 with Retry-After: 1 is honoured before the chunk is asked for again."""
+    gateway.add_fault(
+        Fault(
+            endpoint="timeseries.get_range",
+            status=429,
+            retry_after=1,
+            times=1,
+            match=in_march,
+        )
+    )
+    began = time.monotonic()
+    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - began >= 1.0
+    assert starts(gateway)[MARCH] == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "detail", "code"),
+    [
+        (401, None, 3),
+        (422, {"case": "symbology_invalid_request", "message": "None of the symbols"}, 2),
+        (402, None, 1),
+    ],
+)
+def test_client_errors_are_never_retried(gateway, cli, data_dir, status, detail, code):
+    """401/402/422 will not change on a retry: one request, then the documented exit code."""
+    gateway.add_fault(
+        Fault(
+            endpoint="timeseries.get_range",
+            status=status,
+            detail=detail,
+            times=1,
+            match=in_march,
+        )
+    )
+    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    assert result.exit_code == code, result.output
+    assert starts(gateway)[MARCH] == 1
+    assert not (year_folder(data_dir) / "TRADES.dbn.zst").exists()
+
+
+@pytest.mark.parametrize(("product", "schema"), [("trades", "trades"), ("tbbo", "tbbo")])
+def test_merged_file_equals_a_single_full_year_request(
+    gateway, cli, data_dir, tmp_path, product, schema
+):
+    """Twelve monthly requests merged == one request for the year, metadata and records.
+
+    MSFT changes instrument_id mid-2023, so the merged symbology has two intervals.
+    """
+    result = cli("data", "--symbol", "MSFT", "--year", "2023", "--products", product)
+    assert result.exit_code == 0, result.output
+    single = tmp_path / "single.dbn.zst"
+    client = databento.Historical(key=os.environ["DATABENTO_API_KEY"], gateway=gateway.gateway)
+    store = client.timeseries.get_range(
+        dataset="XNAS.ITCH",
+        symbols=["MSFT"],
+        schema=schema,
+        start="2023-01-01T00:00:00Z",
+        end="2024-01-01T00:00:00Z",
+        path=single,
+    )
+    store.reader.close()
+    merged = year_folder(data_dir, "MSFT") / f"{product.upper()}.dbn.zst"
+    assert decompressed(merged) == decompressed(single)
+    intervals = databento.DBNStore.from_bytes(merged.read_bytes()).mappings["MSFT"]
+    assert len(intervals) == 2
+
+
+def test_truncated_final_file_is_detected_and_downloaded_again(gateway, cli, data_dir):
+    """A final file whose size disagrees with the manifest is never taken for a cache hit."""
+    cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    final = year_folder(data_dir) / "TRADES.dbn.zst"
+    good = final.read_bytes()
+    final.write_bytes(good[: len(good) // 2])
+    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    assert result.exit_code == 0
+    assert "re-downloading" in result.stdout
+    assert final.read_bytes() == good
+
+
+def test_corrupted_byte_is_caught_by_verify_and_downloaded_again(gateway, cli, data_dir):
+    """Same size, one byte flipped: --verify re-hashes, reports it and fetches it again."""
+    cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    final = year_folder(data_dir) / "TRADES.dbn.zst"
+    good = bytearray(final.read_bytes())
+    bad = good.copy()
+    bad[len(bad) // 2] ^= 0xFF
+    final.write_bytes(bad)
+    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades", "--verify")
+    assert result.exit_code == 0
+    assert "sha256" in result.stdout
+    assert final.read_bytes() == good
+
+
+def test_file_without_manifest_is_adopted_without_downloading(gateway, cli, data_dir):
+    """A file cached by the foundation version (no manifest) is validated and adopted."""
+    cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    (year_folder(data_dir) / "manifest.json").unlink()
+    gateway.reset()
+    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    assert result.exit_code == 0
+    assert gateway.count("timeseries.get_range") == 0
+    assert "adopted" in result.stdout
+    assert (year_folder(data_dir) / "manifest.json").exists()
+
+
+def test_manifest_describes_file_request_and_chunks(gateway, cli, data_dir):
+    """The manifest is the downstream input hash: sha256, counts, exact request, chunks."""
+    import hashlib
+    import json
+
+    cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    manifest = json.loads((year_folder(data_dir) / "manifest.json").read_text())
+    entry = manifest["products"]["TRADES"]
+    final = year_folder(data_dir) / "TRADES.dbn.zst"
+    assert entry["sha256"] == hashlib.sha256(final.read_bytes()).hexdigest()
+    assert entry["bytes"] == final.stat().st_size
+    assert entry["records"] == expected_records(
+        "XNAS.ITCH", "AAPL", "trades", 1672531200 * 10**9, 1704067200 * 10**9, 20
+    )
+    assert entry["request"] == {
+        "dataset": "XNAS.ITCH",
+        "schema": "trades",
+        "symbols": ["AAPL"],
+        "stype_in": "raw_symbol",
+        "stype_out": "instrument_id",
+        "start": "2023-01-01T00:00:00Z",
+        "end": "2024-01-01T00:00:00Z",
+        "chunking": "month",
+    }
+    assert len(entry["chunks"]) == 12
+    assert sum(chunk["records"] for chunk in entry["chunks"]) == entry["records"]
+    assert {"databento", "databento-dbn", "bento-ingest"} <= set(entry["versions"])
+
+
+def test_disk_full_exits_1_and_leaves_nothing_at_the_final_path(gateway, data_dir, tmp_path):
+    """ENOSPC while writing: a clear message, exit 1, no final file, no temp file."""
+    if not shutil.which("unshare"):
+        pytest.skip("needs util-linux unshare to mount a tiny tmpfs")
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    script = (
+        f"mount -t tmpfs -o size=24k tmpfs {tiny} && "
+        f"{sys.executable} -m backend.jobs.cli data --symbol AAPL --year 2023 --retries 1 "
+        f"--data-dir {tiny}; code=$?; ls -aR {tiny}; exit $code"
+    )
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, check=False
+    )
+    if "mount" in done.stderr and "permission" in done.stderr.lower():
+        pytest.skip("mounting a tmpfs is not permitted here")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "No space left on device" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "TRADES.dbn.zst" not in done.stdout.split("Summary")[-1].replace(".TRADES", "")
+    assert ".tmp" not in done.stdout.split("\n\n", 1)[-1]
+
+
+# --- processes: kill -9, Ctrl-C and two runs at once, against a throttled gateway -----------------
+
+
+def cli_process(slow, data_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "backend.jobs.cli",
+            "data",
+            "--symbol",
+            "AAPL",
+            "--year",
+            "2023",
+            "--products",
+            "trades",
+            "--jobs",
+            "2",
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ],
+        env=slow.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished_parts(data_dir: Path) -> list[Path]:
+    return sorted((year_folder(data_dir) / ".parts" / "TRADES").glob("*.dbn.zst"))
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the run to progress"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parts_before_kill", [0, 1, 5])
+def test_kill_9_then_rerun_resumes_without_refetching_finished_chunks(
+    slow_gateway, tmp_path, parts_before_kill
+):
+    """SIGKILL at any point loses at most the chunks in flight; the re-run completes the year."""
+    data_dir = tmp_path / "data"
+    run = cli_process(slow_gateway, data_dir)
+    if parts_before_kill:
+        wait_for(lambda: len(finished_parts(data_dir)) >= parts_before_kill)
+    else:
+        wait_for(lambda: bool(leftovers(data_dir)))  # killed mid-stream of the first chunks
+    run.send_signal(signal.SIGKILL)
+    run.communicate()
+    kept = {part.name for part in finished_parts(data_dir)}
+    slow_gateway.reset()
+    rerun = cli_process(slow_gateway, data_dir, "--jobs", "4")
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, out + err
+    assert len(kept) + slow_gateway.count("timeseries.get_range") == 12
+    assert f"reused_chunks={len(kept)}" in out
+    assert leftovers(data_dir) == []
+    assert not (year_folder(data_dir) / ".parts").exists()
+    verify = subprocess.run(
+        [sys.executable, "-m", "backend.jobs.cli", "verify", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=slow_gateway.env,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_keeps_parts_and_leaves_no_temp_file(slow_gateway, tmp_path):
+    """Interrupting is safe: exit 130, finished chunks kept for the resume, no temp files."""
+    data_dir = tmp_path / "data"
+    run = cli_process(slow_gateway, data_dir)
+    wait_for(lambda: len(finished_parts(data_dir)) >= 1 and leftovers(data_dir))
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=30)
+    assert run.returncode == 130, out + err
+    assert "interrupted" in err
+    assert finished_parts(data_dir)
+    assert leftovers(data_dir) == []
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_download_once(slow_gateway, tmp_path):
+    """Two runs on one symbol-year: one downloads, the other waits then skips; both exit 0."""
+    data_dir = tmp_path / "data"
+    first = cli_process(slow_gateway, data_dir)
+    wait_for((year_folder(data_dir) / ".TRADES.lock").exists)
+    second = cli_process(slow_gateway, data_dir)
+    outputs = [process.communicate(timeout=120) for process in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    statuses = sorted(completions(out)[0]["status"] for out, _ in outputs)
+    assert statuses == ["downloaded", "skipped"]
+    assert slow_gateway.count("timeseries.get_range") == 12
+    assert "waiting" in outputs[1][0]
