@@ -39,7 +39,7 @@ def _options(**values: object) -> str:
         "dry_run": "print the plan and the cost estimate, download nothing",
     }
 )
-def data(c, symbol, year, products="trades,tbbo", force=False, dataset="", dry_run=False):
+def data(c, symbol, year, products="trades,tbbo", force=False, dataset="", dry_run=False):  # noqa: PLR0917
     """Ingest TRADES and TBBO of a symbol-year into data/raw/databento/."""
     options = _options(
         symbol=symbol, year=year, products=products, force=force, dataset=dataset, dry_run=dry_run

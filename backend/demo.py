@@ -51,17 +51,23 @@ def run(step: str, *args: str, env: dict[str, str]) -> int:
     return subprocess.call([sys.executable, "-m", "backend.jobs.cli", *args], cwd=REPO, env=env)
 
 
+def stamp(ns: int) -> str:
+    from backend.jobs.plan import format_ns
+
+    return format_ns(int(ns))
+
+
 def describe(folder: Path) -> None:
     """What a downstream user sees, read back with the SDK itself."""
     import databento
 
     print(f"\nFiles in {folder.relative_to(REPO)}:")
     for path in sorted(folder.glob("*.dbn.zst")):
-        store = databento.DBNStore.from_file(path)
-        frame = store.to_df()
-        first, last = (frame.index[0], frame.index[-1]) if len(frame) else ("-", "-")
+        store = databento.DBNStore.from_bytes(path.read_bytes())
+        ts_recv = store.to_ndarray()["ts_recv"]
+        first, last = (stamp(ts_recv[0]), stamp(ts_recv[-1])) if len(ts_recv) else ("-", "-")
         print(
-            f"  {path.name:<16} {path.stat().st_size:>12,} bytes  {len(frame):>9,} records  "
+            f"  {path.name:<16} {path.stat().st_size:>12,} bytes  {len(ts_recv):>9,} records  "
             f"schema={store.schema}  ts_recv {first} .. {last}"
         )
     print(f"  manifest.json    {(folder / 'manifest.json').stat().st_size:>12,} bytes")

@@ -78,8 +78,12 @@ class Gateway:
     ca_path: Path
 
     def env(self) -> dict[str, str]:
-        """What a user of our CLI or of the SDK sets to reach the sandbox."""
-        env = {k: v for k, v in os.environ.items() if k not in {"DATA_DIR", "DATABENTO_MAX_COST"}}
+        """What a user of our CLI or of the SDK sets to reach the sandbox.
+
+        Bytecode is cached as on a user's machine (this workplace sets PYTHONDONTWRITEBYTECODE).
+        """
+        dropped = {"DATA_DIR", "DATABENTO_MAX_COST", "PYTHONDONTWRITEBYTECODE"}
+        env = {key: value for key, value in os.environ.items() if key not in dropped}
         env.update(
             DATABENTO_API_KEY=API_KEY,
             DATABENTO_GATEWAY=self.address,

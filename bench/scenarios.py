@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +67,15 @@ class Bench:
     def _path(self, name: str) -> Path:
         return self.work / f"{next(self._ids):02d}-{name}"
 
-    def _download(self, kind: str, records_per_day: int, throttle: int | None) -> tuple:
+    def _download(
+        self, kind: str, records_per_day: int, throttle: int | None
+    ) -> tuple[Measurement, Path]:
         """Median of `repeat` runs of our tool or of the plain SDK, each on a fresh sandbox."""
-        runs, target = [], None
+        runs: list[Measurement] = []
+        target: Path | None = None
         for _ in range(self.repeat):
+            if target is not None:  # keep only the last run's output on disk
+                _remove(target)
             with sandbox(
                 self._path("server"), records_per_day=records_per_day, throttle_bytes_per_s=throttle
             ) as gateway:
@@ -175,6 +181,13 @@ def imports_databento(argv: list[str], env: dict[str, str]) -> bool:
     traced = [PYTHON, "-X", "importtime", *argv[1:]]
     done = subprocess.run(traced, env=env, cwd=REPO, capture_output=True, text=True, check=True)
     return re.search(r"\|\s+databento(\.|$)", done.stderr, re.MULTILINE) is not None
+
+
+def _remove(target: Path) -> None:
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
 
 
 def _output_bytes(target: Path | None) -> int | None:

@@ -160,9 +160,13 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
         )
         show_tables = not quiet and not log_json
         progress = RichProgress() if wants_progress(quiet, log_json) and not dry_run else None
-        with warnings_logged():
-            report = run_ingest(request, settings, progress=progress or NullProgress())
-        if dry_run:
+        try:
+            with warnings_logged():
+                report = run_ingest(request, settings, progress=progress or NullProgress())
+        finally:
+            if progress:
+                progress.close()
+        if dry_run and not log_json:
             print_plan(report, request.symbol, request.year)
         elif show_tables:
             print_summary(report, request.symbol, request.year)

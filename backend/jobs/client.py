@@ -180,6 +180,8 @@ def translate_error(exc: BaseException, what: str) -> IngestError:  # noqa: PLR0
         return TransientError(f"{what}: {_first_line(exc)}")
     if isinstance(exc, OSError):
         return IngestError(f"{what}: {exc.strerror or exc}")
+    if isinstance(exc, ValueError) and "API key" in str(exc):
+        return CredentialsError(f"the SDK refused the API key: {exc}")
     return IngestError(f"{what}: unexpected answer from Databento ({type(exc).__name__}: {exc})")
 
 

@@ -62,7 +62,7 @@ class ProductResult:
             else 0
         )
         completion_line(
-            symbol=_logfmt(request.symbol),
+            symbol=request.symbol,
             year=request.year,
             product=self.product.name,
             status=self.status,
@@ -72,10 +72,6 @@ class ProductResult:
             mb_per_s=f"{rate:.1f}",
             **self.extra,
         )
-
-
-def _logfmt(value: str) -> str:
-    return f'"{value}"' if " " in value or '"' in value else value
 
 
 @dataclass
@@ -158,6 +154,7 @@ def run_ingest(
             ):
                 results[result.product.name] = result
                 result.log(request)
+    logger.info("cache folder: {}", folder.path)
     return IngestReport([results[product.name] for product in request.products], plans)
 
 

@@ -109,7 +109,18 @@ def _colors() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
+def key_value_line(event: str | None = None, level: str = "INFO", **fields: Any) -> None:
+    """`[event ]key=value ...` in text logs; the same fields as JSON keys with --log-json."""
+    text = " ".join(f"{key}={_logfmt(value)}" for key, value in fields.items())
+    extra = {"event": event, **fields} if event else fields
+    logger.bind(**extra).log(level, f"{event} {text}" if event else text)
+
+
 def completion_line(**fields: Any) -> None:
-    """The one key=value line that ends each product; the fields also go to JSON logs."""
-    text = " ".join(f"{key}={value}" for key, value in fields.items())
-    logger.bind(**fields).log(COMPLETION_LEVEL, text)
+    """The one line that ends each product; SUCCESS level so --quiet keeps it."""
+    key_value_line(level=COMPLETION_LEVEL, **fields)
+
+
+def _logfmt(value: Any) -> str:
+    text = str(value)
+    return f'"{text}"' if " " in text or '"' in text else text

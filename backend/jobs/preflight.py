@@ -10,6 +10,7 @@ from loguru import logger
 
 from backend.jobs.client import RangeRequest
 from backend.jobs.errors import BudgetExceededError, InvalidInputError
+from backend.jobs.logs import key_value_line
 from backend.jobs.plan import Chunking, Product, TimeRange, date_ns, split_range
 
 
@@ -68,18 +69,17 @@ def plan_product(
     ids = sorted({item["s"] for item in answer["result"][symbol]})
     size, cost = client.estimate(RangeRequest(dataset, symbol, product.schema, covered))
     plan = ProductPlan(product, covered, split_range(covered, chunking), ids, size, cost)
-    logger.info(
-        "preflight symbol={} year={} product={} start={} end={} instrument_ids={} chunks={} "
-        "est_bytes={} est_usd={:.4f}",
-        symbol,
-        year,
-        product.name,
-        covered.start,
-        covered.end,
-        ",".join(ids),
-        len(plan.chunks),
-        size,
-        cost,
+    key_value_line(
+        "preflight",
+        symbol=symbol,
+        year=year,
+        product=product.name,
+        start=covered.start,
+        end=covered.end,
+        instrument_ids=",".join(ids),
+        chunks=len(plan.chunks),
+        est_bytes=size,
+        est_usd=f"{cost:.4f}",
     )
     return plan
 
@@ -89,8 +89,13 @@ def check_budget(plans: list[ProductPlan], max_cost: float | None) -> None:
         return
     total = sum(plan.estimated_usd for plan in plans)
     if total > max_cost:
-        detail = ", ".join(f"{plan.product.name} ${plan.estimated_usd:.2f}" for plan in plans)
+        detail = ", ".join(f"{plan.product.name} {usd(plan.estimated_usd)}" for plan in plans)
         raise BudgetExceededError(
-            f"estimated cost ${total:.2f} ({detail}) exceeds --max-cost ${max_cost:.2f}: "
+            f"estimated cost {usd(total)} ({detail}) exceeds --max-cost {usd(max_cost)}: "
             "raise the budget, fetch fewer products, or use --dry-run to review the plan"
         )
+
+
+def usd(value: float) -> str:
+    """Cents for real amounts; sub-cent estimates keep their digits so they never read $0.00."""
+    return f"${value:,.2f}" if value >= 0.01 or value == 0 else f"${value:.2g}"

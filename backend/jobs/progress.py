@@ -80,10 +80,11 @@ class RichProgress:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="progress", daemon=True)
-        self._display.start()
-        self._thread.start()
 
     def start(self, product: str, parts_dir: Path, chunks: int) -> None:
+        if not self._thread.is_alive():  # shown only once there is something to download
+            self._display.start()
+            self._thread.start()
         with self._lock:
             task = self._display.add_task(product, total=chunks, size="0.0 MB", rate="")
             self._tasks[product] = (task, parts_dir, time.monotonic())
@@ -98,7 +99,7 @@ class RichProgress:
         self._refresh(product)
 
     def close(self) -> None:
-        if not self._stop.is_set():
+        if self._thread.is_alive():
             self._stop.set()
             self._thread.join(timeout=2)
             self._display.stop()

@@ -164,9 +164,6 @@ class SymbolCatalog:
     def symbols(self, dataset: str) -> list[str]:
         return sorted(symbol for ds, symbol in self._intervals if ds == dataset)
 
-    def intervals(self, dataset: str, symbol: str) -> list[SymbolInterval]:
-        return list(self._intervals.get((dataset, symbol), []))
-
     def clipped(self, dataset: str, symbol: str, d0: date, d1: date) -> list[SymbolInterval]:
         """`symbol`'s maximal intervals intersected with [d0, d1)."""
         return [

@@ -70,12 +70,6 @@ class ApiCall:
         value = self.params.get(name)
         return value if value not in (None, "") else None
 
-    def required(self, name: str) -> str:
-        value = self.optional(name)
-        if value is None:
-            raise errors.missing_error(self.location, name)
-        return value
-
     def choice(self, name: str, allowed: tuple[str, ...], default: str | None = None) -> str:
         value = self.optional(name) or default
         if value is None:

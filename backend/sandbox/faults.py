@@ -95,7 +95,3 @@ class FaultBook:
                         self._armed.remove(armed)
                     return armed.fault
         return None
-
-    def pending(self) -> int:
-        with self._lock:
-            return sum(armed.remaining for armed in self._armed)

@@ -128,6 +128,15 @@ class SandboxHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._handle("POST")
 
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
     def _handle(self, method: str) -> None:
         try:
             self._serve(method)
@@ -141,8 +150,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
         gateway = self.server.gateway
         url = urlsplit(self.path)
         params = dict(parse_qsl(url.query, keep_blank_values=True))
+        form = self._read_body()
         if method == "POST":
-            params.update(parse_qsl(self._read_form(), keep_blank_values=True))
+            params.update(parse_qsl(form, keep_blank_values=True))
         endpoint = (
             url.path.removeprefix(API_PREFIX) if url.path.startswith(API_PREFIX) else url.path
         )
@@ -173,7 +183,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             logger.exception("sandbox endpoint %s failed", endpoint)
             return JsonResponse({"detail": "Internal Server Error"}, 500)
 
-    def _read_form(self) -> str:
+    def _read_body(self) -> str:
         length = int(self.headers.get("Content-Length") or 0)
         if length > _MAX_FORM_BYTES:
             raise ConnectionDroppedError
