@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+# Real Databento samples (databento-python's test data, Apache-2.0), copied from shared/fixtures.
+FIXTURES = Path(__file__).resolve().parent / "data" / "databento" / "XNAS.ITCH"
 COMPLETION = re.compile(
     r"symbol=(?P<symbol>\S+) year=(?P<year>\d+) product=(?P<product>\w+) "
     r"status=(?P<status>downloaded|skipped) bytes=(?P<bytes>\d+) elapsed_s=(?P<elapsed>[\d.]+)"

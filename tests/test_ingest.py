@@ -11,10 +11,9 @@ import databento
 import pytest
 
 from backend.sandbox import expected_records
-from tests.helpers import YEAR_2023, completions, leftovers, year_folder
+from tests.helpers import FIXTURES, YEAR_2023, completions, leftovers, year_folder
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "databento" / "XNAS.ITCH"
 
 
 def test_data_writes_both_products_at_the_documented_paths(gateway, cli, data_dir):
@@ -191,3 +190,21 @@ def test_cached_rerun_does_not_import_databento(gateway, cli, data_dir):
     ).stdout
     assert "IMPORTED []" in out
     assert gateway.requests == []
+
+
+@pytest.mark.slow
+def test_make_data_runs_invoke_and_the_cli_end_to_end(gateway, data_dir):
+    """The documented chain: make -> invoke -> Typer CLI, with the exact log contract."""
+    done = subprocess.run(
+        ["make", "--no-print-directory", "data", "SYMBOL=AAPL", "YEAR=2023", "PRODUCTS=trades"],
+        cwd=REPO,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "invoke data --symbol" in done.stdout
+    assert [line["status"] for line in completions(done.stdout)] == ["downloaded"]
+    assert (year_folder(data_dir) / "TRADES.dbn.zst").stat().st_size > 0
+    assert not (year_folder(data_dir) / "TBBO.dbn.zst").exists()

@@ -235,11 +235,6 @@ def test_max_cost_env_malformed_exits_2_with_one_line(gateway, cli, data_dir, mo
     assert gateway.requests == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_budget formats USD with 2 decimals: a sub-cent estimate over --max-cost 0 "
-    "is refused as '$0.00 exceeds --max-cost $0.00'",
-)
 def test_max_cost_zero_refusal_shows_an_estimate_above_the_budget(gateway, cli, data_dir):
     """--max-cost 0 ('nothing billable') must show a refused estimate larger than the budget."""
     result = cli("data", "--symbol", "AAPL", "--year", "2023", "--max-cost", "0")

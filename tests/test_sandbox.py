@@ -33,9 +33,10 @@ from backend.sandbox import (
     expected_records,
     generate_day,
 )
+from tests.helpers import FIXTURES
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "databento" / "XNAS.ITCH"
+
 DAY_NS = 86_400 * 10**9
 Y2023 = (1672531200 * 10**9, 1704067200 * 10**9)
 

@@ -15,8 +15,7 @@ from backend.jobs.errors import CorruptFileError, InvalidInputError
 from backend.jobs.manifest import CacheState, cache_state
 from backend.jobs.merge import coalesce
 from backend.jobs.settings import Secret, Settings, normalize_gateway
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "databento" / "XNAS.ITCH"
+from tests.helpers import FIXTURES
 
 
 @pytest.mark.parametrize(
