@@ -8,6 +8,7 @@ several concatenated frames; all of them are read.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from backend.jobs.errors import CorruptFileError
 if TYPE_CHECKING:
     from databento_dbn import Metadata
 
-READ_SIZE = 1 << 20
+READ_SIZE = 1 << 16  # small reads keep decompressed pieces in cache and memory flat
 DBN_MAGIC = b"DBN"
 DBN_VERSION = 3
 PREFIX = struct.Struct("<3sBI")  # magic, version, metadata length
@@ -102,20 +103,22 @@ class DbnReader:
             raise CorruptFileError(f"{self._name} has undecodable DBN metadata: {exc}") from None
 
     def record_blocks(self, record_size: int) -> Iterator[memoryview]:
-        """Yield whole records, many at a time; fail on a torn record at the end."""
-        while True:
-            whole = len(self._buffer) - len(self._buffer) % record_size
+        """Yield whole records, many at a time; fail on a torn record at the end.
+
+        Each view is valid until the next one is requested.
+        """
+        carry = b""
+        head = bytes(self._buffer)
+        self._buffer.clear()
+        for chunk in itertools.chain([head], self._chunks):
+            data = carry + chunk if carry else chunk
+            whole = len(data) - len(data) % record_size
             if whole:
-                block = bytes(self._buffer[:whole])
-                del self._buffer[:whole]
-                yield memoryview(block)
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk
-        if self._buffer:
+                yield memoryview(data)[:whole]
+            carry = data[whole:]
+        if carry:
             raise CorruptFileError(
-                f"{self._name} ends with a partial record ({len(self._buffer)} stray bytes)"
+                f"{self._name} ends with a partial record ({len(carry)} stray bytes)"
             )
 
 
@@ -147,23 +150,26 @@ class RecordCheck:
     def feed(self, block: memoryview) -> None:
         import numpy as np
 
-        rows = np.frombuffer(block, dtype=np.uint8).reshape(-1, self.record_size)
-        if not (rows[:, 0] == self.record_size // 4).all():
+        count = len(block) // self.record_size
+
+        def column(dtype: str, offset: int) -> np.ndarray:
+            # a strided view of one field across all records: no copy
+            return np.ndarray((count,), dtype, block, offset, (self.record_size,))
+
+        if not (column("u1", 0) == self.record_size // 4).all():
             raise CorruptFileError(
                 f"{self.name} holds records that are not {self.record_size} bytes long"
             )
-        ts = (
-            rows[:, TS_RECV_OFFSET : TS_RECV_OFFSET + 8].copy().view("<u8").ravel().astype(np.int64)
-        )
+        ts = column("<u8", TS_RECV_OFFSET)
         previous = self.last if self.last is not None else self.start_ns
-        if ts[0] < previous or (ts.size > 1 and (np.diff(ts) < 0).any()):
+        if ts[0] < previous or (count > 1 and (ts[1:] < ts[:-1]).any()):
             raise CorruptFileError(f"{self.name} has records out of ts_recv order or range")
         if ts[-1] >= self.end_ns:
             raise CorruptFileError(f"{self.name} has records at or after its end")
         if self.first is None:
             self.first = int(ts[0])
         self.last = int(ts[-1])
-        self.records += ts.size
+        self.records += count
 
 
 def scan(path: Path, record_size: int, start_ns: int | None = None) -> StreamSummary:

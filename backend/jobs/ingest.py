@@ -22,7 +22,7 @@ from backend.jobs.dbnfile import scan, sha256_file
 from backend.jobs.errors import CorruptFileError, IngestError
 from backend.jobs.logs import completion_line
 from backend.jobs.manifest import CacheState, Manifest, cache_state, now_iso, versions
-from backend.jobs.merge import merge_parts
+from backend.jobs.merge import ProductMerger
 from backend.jobs.plan import Chunking, Product, TimeRange, clamp_year, format_ns
 from backend.jobs.preflight import ProductPlan, check_budget, plan_product
 from backend.jobs.progress import NullProgress, Progress
@@ -305,13 +305,18 @@ def download(
     plans: list[ProductPlan],
     progress: Progress,
 ) -> Iterator[ProductResult]:
-    """Fetch all chunks of all products on one bounded pool; merge each product once complete."""
+    """Fetch all chunks of all products on one bounded pool, merging each product as it goes.
+
+    Workers download and validate parts; this thread appends them in order, so the merge runs
+    alongside the downloads and only the header is left when the last chunk lands.
+    """
     if not plans:
         return
     scratch = ScratchFiles()
     stop = threading.Event()
     policy = RetryPolicy(retries=request.retries)
     started = time.monotonic()
+    mergers: dict[str, ProductMerger] = {}
     pool = ThreadPoolExecutor(max_workers=request.jobs, thread_name_prefix="chunk")
     try:
         chunk_jobs: dict[Future[Part], ProductPlan] = {}
@@ -319,6 +324,9 @@ def download(
             product, chunks = plan.product, plan.chunks
             parts_dir = folder.parts(product.name)
             parts_dir.mkdir(parents=True, exist_ok=True)
+            mergers[product.name] = ProductMerger(
+                folder.final(product.name), plan.span, chunks, product.record_size, scratch
+            )
             progress.start(product.name, parts_dir, len(chunks))
             for index, span in enumerate(chunks, start=1):
                 label = (
@@ -338,32 +346,23 @@ def download(
                     label=label,
                 )
                 chunk_jobs[job] = plan
-        parts: dict[str, list[Part]] = {plan.product.name: [] for plan in plans}
-        merges: dict[Future[ProductResult], Product] = {}
         for job in as_completed(chunk_jobs):
             plan = chunk_jobs[job]
-            product = plan.product
             part = job.result()
-            parts[product.name].append(part)
-            progress.advance(product.name, part.summary.bytes)
-            if len(parts[product.name]) == len(plan.chunks):
-                merges[
-                    pool.submit(
-                        finish_product,
-                        request=request,
-                        folder=folder,
-                        manifest=manifest,
-                        product=product,
-                        span=plan.span,
-                        parts=parts[product.name],
-                        scratch=scratch,
-                        started=started,
-                    )
-                ] = product
-        for job in as_completed(merges):
-            result = job.result()
-            progress.finish(result.product.name)
-            yield result
+            merger = mergers[plan.product.name]
+            merger.add(part)
+            progress.advance(plan.product.name, part.summary.bytes)
+            if len(merger.parts) == len(plan.chunks):
+                result = finish_product(
+                    request,
+                    folder=folder,
+                    manifest=manifest,
+                    plan=plan,
+                    merger=merger,
+                    started=started,
+                )
+                progress.finish(plan.product.name)
+                yield result
     except KeyboardInterrupt:
         stop.set()
         progress.close()
@@ -376,40 +375,42 @@ def download(
     finally:
         progress.close()
         pool.shutdown(wait=False)
+        for merger in mergers.values():
+            merger.discard()
         scratch.remove_all()
 
 
 def finish_product(
-    *,
     request: IngestRequest,
+    *,
     folder: YearFolder,
     manifest: Manifest,
-    product: Product,
-    span: TimeRange,
-    parts: list[Part],
-    scratch: ScratchFiles,
+    plan: ProductPlan,
+    merger: ProductMerger,
     started: float,
 ) -> ProductResult:
-    final = folder.final(product.name)
-    merged = merge_parts(parts, span, product.record_size, final, scratch)
+    """Publish the merged file, record it in the manifest, then drop the parts."""
+    product = plan.product
+    merged = merger.finish()
     entry = product_entry(
-        final,
+        merged.path,
         product=product,
         request=request,
-        span=span,
+        span=plan.span,
         merged=merged,
         chunking=request.chunking,
-        parts=parts,
+        parts=merger.parts,
     )
     manifest.record(request.symbol, request.year, product.name, entry)
     shutil.rmtree(folder.parts(product.name), ignore_errors=True)
     with contextlib.suppress(OSError):
         folder.parts(product.name).parent.rmdir()
+    reused = sum(not part.downloaded for part in merger.parts)
     return ProductResult(
         product,
         "downloaded",
         merged.bytes,
         merged.records,
         time.monotonic() - started,
-        extra={"chunks": len(parts), "reused_chunks": sum(not part.downloaded for part in parts)},
+        extra={"chunks": len(merger.parts), "reused_chunks": reused},
     )
