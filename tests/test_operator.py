@@ -123,15 +123,15 @@ def test_dry_run_estimate_matches_what_the_server_prices(gateway, cli, data_dir,
         line = lines[product]
         assert (line["start"], line["end"]) == YEAR_2023
         assert int(line["est_bytes"]) == size > 0
-        assert line["est_usd"] == f"{cost:.4f}"
+        assert float(line["est_usd"]) == pytest.approx(cost, abs=1e-6)
         assert rows[product][1:] == [
             "to download",
             "2023-01-01 .. 2024-01-01 (excl.)",
             "12",
             f"{size / 1e6:,.1f} MB",
-            f"{cost:.2f}",
+            f"${cost:.2f}",
         ]
-    assert rows["total"][-2:] == [f"{total_bytes / 1e6:,.1f} MB", f"{total_usd:.2f}"]
+    assert rows["total"][-2:] == [f"{total_bytes / 1e6:,.1f} MB", f"${total_usd:.2f}"]
 
 
 def test_dry_run_fully_cached_year_sends_no_request(gateway, cli, data_dir):
@@ -239,7 +239,7 @@ def test_max_cost_zero_refusal_shows_an_estimate_above_the_budget(gateway, cli, 
     """--max-cost 0 ('nothing billable') must show a refused estimate larger than the budget."""
     result = cli("data", "--symbol", "AAPL", "--year", "2023", "--max-cost", "0")
     assert result.exit_code == 2, result.output
-    match = re.search(r"estimated cost \$([\d.]+) .*exceeds --max-cost \$([\d.]+)", result.stderr)
+    match = re.search(r"estimated cost \$([\d.]+) .*exceeds the budget of \$([\d.]+)", result.stderr)
     assert match, result.stderr
     assert float(match.group(1)) > float(match.group(2))
 

@@ -12,7 +12,7 @@ from loguru import logger
 
 from backend.jobs.cache import ScratchFiles, publish
 from backend.jobs.client import STYPE_IN, STYPE_OUT, RangeRequest
-from backend.jobs.dbnfile import StreamSummary, scan
+from backend.jobs.dbnfile import StreamSummary, compress_frame, records_offset, scan
 from backend.jobs.errors import CorruptFileError, IngestError, TransientError
 from backend.jobs.plan import TimeRange, format_ns
 
@@ -37,12 +37,17 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Part:
-    """A finished chunk on disk whose content matches its request."""
+    """A finished chunk on disk whose content matches its request.
+
+    Stored as served when it alone makes the product; otherwise re-encoded as a header frame
+    and a records frame starting at `records_offset`, ready to be copied into the merge.
+    """
 
     request: RangeRequest
     path: Path
     summary: StreamSummary
     downloaded: bool  # False when a previous run left it behind
+    records_offset: int | None  # None: kept as served
 
 
 def part_path(parts_dir: Path, span: TimeRange) -> Path:
@@ -52,9 +57,11 @@ def part_path(parts_dir: Path, span: TimeRange) -> Path:
     return parts_dir / f"{stamp(span.start_ns)}_{stamp(span.end_ns)}.dbn.zst"
 
 
-def check_part(path: Path, request: RangeRequest, record_size: int) -> StreamSummary:
+def check_part(
+    path: Path, request: RangeRequest, record_size: int, recode_to: Path | None = None
+) -> StreamSummary:
     """A part is finished only if it decodes completely and answers exactly this request."""
-    summary = scan(path, record_size, start_ns=request.span.start_ns)
+    summary = scan(path, record_size, start_ns=request.span.start_ns, recode_to=recode_to)
     metadata = summary.metadata
     expected = {
         "dataset": (metadata.dataset, request.dataset),
@@ -81,12 +88,15 @@ def fetch_chunk(
     policy: RetryPolicy,
     stop: threading.Event,
     label: str,
+    as_served: bool = False,
 ) -> Part:
-    """Reuse a valid part from an earlier run, or download it to a temp file, check, publish."""
+    """Reuse a valid part from an earlier run, or download, check, re-encode and publish it."""
     final = part_path(parts_dir, request.span)
     if final.exists():
         try:
-            return Part(request, final, check_part(final, request, record_size), downloaded=False)
+            summary = check_part(final, request, record_size)
+            offset = None if as_served else records_offset(final, len(summary.metadata_bytes))
+            return Part(request, final, summary, downloaded=False, records_offset=offset)
         except CorruptFileError as exc:
             logger.warning("{}: discarding unusable part {}: {}", label, final.name, exc)
             final.unlink(missing_ok=True)
@@ -95,15 +105,20 @@ def fetch_chunk(
     for attempt in range(attempts):
         if stop.is_set():
             raise IngestError(f"{label}: cancelled")
-        temp = scratch.new(final)
+        served = scratch.new(final)
+        recoded = None if as_served else scratch.new(final)
         try:
-            client.download(request, temp)
-            summary = check_part(temp, request, record_size)
-            publish(temp, final)
-            scratch.forget(temp)
-            return Part(request, final, summary, downloaded=True)
+            client.download(request, served)
+            summary = check_part(served, request, record_size, recode_to=recoded)
+            publish(recoded or served, final)
+            return Part(
+                request,
+                final,
+                summary,
+                downloaded=True,
+                records_offset=None if recoded is None else compressed_header_size(summary),
+            )
         except (TransientError, CorruptFileError) as exc:
-            scratch.discard(temp)
             if attempt + 1 == attempts:
                 raise IngestError(
                     f"{label} failed after {attempts} attempts: {exc}; "
@@ -112,15 +127,16 @@ def fetch_chunk(
             delay = policy.delay(attempt, getattr(exc, "retry_after", None), rng)
             logger.warning(
                 "{}: retry {}/{} in {:.1f}s after: {}",
-                label,
-                attempt + 1,
-                policy.retries,
-                delay,
-                exc,
+                *(label, attempt + 1, policy.retries, delay, exc),
             )
             if stop.wait(delay):
                 raise IngestError(f"{label}: cancelled") from None
-        except BaseException:
-            scratch.discard(temp)
-            raise
+        finally:
+            scratch.discard(served)
+            if recoded is not None:
+                scratch.discard(recoded)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def compressed_header_size(summary: StreamSummary) -> int:
+    return len(compress_frame(summary.metadata_bytes))

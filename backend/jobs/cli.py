@@ -137,14 +137,17 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     """
     from backend.jobs.ingest import IngestRequest, run_ingest
     from backend.jobs.progress import NullProgress, RichProgress, wants_progress
-    from backend.jobs.report import print_plan, print_summary
 
     level = "DEBUG" if verbose else "SUCCESS" if quiet else log_level.upper()
-    setup_logging(json_lines=log_json)  # so that errors in the flags themselves print
     try:
         settings = Settings.from_env(gateway=gateway, data_dir=data_dir, max_cost=max_cost)
-        secret = settings.api_key.reveal() if settings.api_key else ""
-        setup_logging(_valid_level(level), json_lines=log_json, secrets=[secret])
+        level = _valid_level(level)
+    except IngestError as exc:
+        setup_logging(json_lines=log_json)
+        raise _fail(exc) from None
+    secret = settings.api_key.reveal() if settings.api_key else ""
+    setup_logging(level, json_lines=log_json, secrets=[secret])
+    try:
         request = IngestRequest(
             symbol=normalize_symbol(symbol),
             year=validate_year(_parse_year(year)),
@@ -166,9 +169,11 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
         finally:
             if progress:
                 progress.close()
+        from backend.jobs.report import print_plan, print_summary
+
         if dry_run and not log_json:
             print_plan(report, request.symbol, request.year)
-        elif show_tables:
+        elif show_tables and any(result.status == "downloaded" for result in report.results):
             print_summary(report, request.symbol, request.year)
     except IngestError as exc:
         raise _fail(exc) from None

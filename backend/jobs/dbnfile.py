@@ -7,6 +7,7 @@ several concatenated frames; all of them are read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import struct
@@ -22,10 +23,12 @@ from backend.jobs.errors import CorruptFileError
 if TYPE_CHECKING:
     from databento_dbn import Metadata
 
-READ_SIZE = 1 << 16  # small reads keep decompressed pieces in cache and memory flat
+READ_SIZE = 1 << 15  # small reads keep decompressed pieces in cache and memory flat
 DBN_MAGIC = b"DBN"
 DBN_VERSION = 3
 PREFIX = struct.Struct("<3sBI")  # magic, version, metadata length
+# Level 1 keeps re-encoding at download speed; tick data compresses well at any level.
+COMPRESSION_LEVEL = 1
 TS_RECV_OFFSET = 32  # same in TradeMsg and MBP1Msg: header(16) price(8) size(4) 4 x u8
 
 
@@ -65,6 +68,23 @@ def decompressed_chunks(source: HashingReader | BinaryIO, name: str) -> Iterator
             frame_open = False
     if frame_open:
         raise CorruptFileError(f"{name} is truncated: its last zstd frame is incomplete")
+
+
+class HashingWriter:
+    """A file wrapper that hashes and counts what is written through it."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self._handle.write(data)
+
+    def flush(self) -> None:
+        self._handle.flush()
 
 
 class DbnReader:
@@ -172,28 +192,65 @@ class RecordCheck:
         self.records += count
 
 
-def scan(path: Path, record_size: int, start_ns: int | None = None) -> StreamSummary:
-    """Decode a whole file: metadata, record layout and order, sha256 of the compressed bytes."""
+def scan(
+    path: Path, record_size: int, start_ns: int | None = None, recode_to: Path | None = None
+) -> StreamSummary:
+    """Decode a whole file: metadata, record layout and order, sha256 of the compressed bytes.
+
+    With `recode_to`, the stream is also written there as two frames, the header then all
+    records, and sha256/bytes describe that file: its records frame can later be copied
+    behind another header without decompressing it.
+    """
     name = path.name
-    with path.open("rb") as handle:
-        source = HashingReader(handle)
+    with contextlib.ExitStack() as stack:
+        source = HashingReader(stack.enter_context(path.open("rb")))
         reader = DbnReader(decompressed_chunks(source, name), name)
         metadata, raw = reader.metadata()
         end_ns = metadata.end if metadata.end is not None else 2**63 - 1
         check = RecordCheck(
             name, record_size, metadata.start if start_ns is None else start_ns, end_ns
         )
+        digest: HashingReader | HashingWriter = source
+        records_out = None
+        if recode_to is not None:
+            digest = HashingWriter(stack.enter_context(recode_to.open("wb")))
+            digest.write(compress_frame(raw))
+            records_out = stack.enter_context(
+                zstandard.ZstdCompressor(
+                    level=COMPRESSION_LEVEL, write_checksum=True
+                ).stream_writer(digest, closefd=False)
+            )
         for block in reader.record_blocks(record_size):
             check.feed(block)
+            if records_out is not None:
+                records_out.write(block)
     return StreamSummary(
         metadata=metadata,
         metadata_bytes=raw,
         records=check.records,
         first_ts_recv=check.first,
         last_ts_recv=check.last,
-        sha256=source.sha256.hexdigest(),
-        bytes=source.bytes,
+        sha256=digest.sha256.hexdigest(),
+        bytes=digest.bytes,
     )
+
+
+def compress_frame(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, write_checksum=True).compress(data)
+
+
+def records_offset(path: Path, metadata_size: int) -> int:
+    """Where the records frame of a two-frame file written by `scan(recode_to=)` starts."""
+    frame = zstandard.ZstdDecompressor().decompressobj()
+    consumed = 0
+    out = b""
+    with path.open("rb") as handle:
+        while not frame.eof and (data := handle.read(READ_SIZE)):
+            out += frame.decompress(data)
+            consumed += len(data)
+    if not frame.eof or len(out) != metadata_size:
+        raise CorruptFileError(f"{path.name} is not a header frame followed by a records frame")
+    return consumed - len(frame.unused_data)
 
 
 def read_metadata(path: Path) -> Metadata:

@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from filelock import FileLock, Timeout
 from loguru import logger
 
-from backend.jobs.cache import ScratchFiles, YearFolder, remove_stale_temps
-from backend.jobs.chunks import Part, RetryPolicy, fetch_chunk
-from backend.jobs.client import STYPE_IN, STYPE_OUT, DatabentoClient, RangeRequest
-from backend.jobs.dbnfile import scan, sha256_file
-from backend.jobs.errors import CorruptFileError, IngestError
+from backend.jobs.cache import YearFolder, remove_stale_temps
+from backend.jobs.client import DatabentoClient
+from backend.jobs.dbnfile import sha256_file
+from backend.jobs.errors import CorruptFileError
 from backend.jobs.logs import completion_line
-from backend.jobs.manifest import CacheState, Manifest, cache_state, now_iso, versions
-from backend.jobs.merge import ProductMerger
-from backend.jobs.plan import Chunking, Product, TimeRange, clamp_year, format_ns
-from backend.jobs.preflight import ProductPlan, check_budget, plan_product
-from backend.jobs.progress import NullProgress, Progress
+from backend.jobs.manifest import CacheState, Manifest, cache_state, product_entry
+from backend.jobs.plan import Chunking, Product, TimeRange, clamp_year
 from backend.jobs.settings import Secret, Settings
+
+if TYPE_CHECKING:
+    from backend.jobs.preflight import ProductPlan
+    from backend.jobs.progress import Progress
 
 ClientFactory = Callable[[Secret, str | None], Any]
 
@@ -67,9 +63,9 @@ class ProductResult:
             product=self.product.name,
             status=self.status,
             bytes=self.bytes,
-            elapsed_s=f"{self.elapsed_s:.2f}",
+            elapsed_s=round(self.elapsed_s, 2),
             records=self.records,
-            mb_per_s=f"{rate:.1f}",
+            mb_per_s=round(rate, 1),
             **self.extra,
         )
 
@@ -103,6 +99,11 @@ def run_ingest(
             pending.append(product)
     plans: list[ProductPlan] = []
     if pending:
+        # Only now the download machinery: a cached re-run must stay cheap to start.
+        from backend.jobs.download import download, locked
+        from backend.jobs.preflight import check_budget, plan_product
+        from backend.jobs.progress import NullProgress
+
         client = client_factory(settings.require_key(), settings.gateway)
         available = client.dataset_range(request.dataset)
         for product in pending:
@@ -199,6 +200,8 @@ def cached_result(
 
 def adopted_entry(final: Path, product: Product, request: IngestRequest) -> dict[str, Any] | None:
     """Validate a file cached without a manifest (older version) and describe it."""
+    from backend.jobs.dbnfile import scan
+
     try:
         summary = scan(final, product.record_size)
     except CorruptFileError as exc:
@@ -221,196 +224,4 @@ def adopted_entry(final: Path, product: Product, request: IngestRequest) -> dict
         merged=summary,
         chunking="adopted",
         parts=[],
-    )
-
-
-def product_entry(
-    final: Path,
-    *,
-    product: Product,
-    request: IngestRequest,
-    span: TimeRange,
-    merged: Any,
-    chunking: str,
-    parts: list[Part],
-) -> dict[str, Any]:
-    def stamp(ns: int | None) -> str | None:
-        return None if ns is None else format_ns(ns)
-
-    return {
-        "file": final.name,
-        "bytes": merged.bytes,
-        "sha256": merged.sha256,
-        "records": merged.records,
-        "first_ts_recv": stamp(merged.first_ts_recv),
-        "last_ts_recv": stamp(merged.last_ts_recv),
-        "request": {
-            "dataset": request.dataset,
-            "schema": product.schema,
-            "symbols": [request.symbol],
-            "stype_in": STYPE_IN,
-            "stype_out": STYPE_OUT,
-            "start": span.start,
-            "end": span.end,
-            "chunking": chunking,
-        },
-        "chunks": [
-            {
-                "start": part.request.span.start,
-                "end": part.request.span.end,
-                "bytes": part.summary.bytes,
-                "sha256": part.summary.sha256,
-                "records": part.summary.records,
-            }
-            for part in sorted(parts, key=lambda part: part.request.span)
-        ],
-        "versions": versions(),
-        "created_at": now_iso(),
-    }
-
-
-@contextlib.contextmanager
-def locked(folder: YearFolder, products: list[Product], timeout_s: float) -> Iterator[None]:
-    """One writer per symbol-year-product; kernel locks vanish with a dead process."""
-    with contextlib.ExitStack() as stack:
-        for product in products:
-            lock = FileLock(folder.lock(product.name))
-            try:
-                stack.enter_context(lock.acquire(timeout=0))
-            except Timeout:
-                logger.info(
-                    "another run is ingesting {} {} {}; waiting up to {:.0f}s for it",
-                    folder.symbol,
-                    folder.year,
-                    product.name,
-                    timeout_s,
-                )
-                try:
-                    stack.enter_context(lock.acquire(timeout=timeout_s))
-                except Timeout:
-                    raise IngestError(
-                        f"another run still holds the lock on {folder.symbol} {folder.year} "
-                        f"{product.name} after {timeout_s:.0f}s: "
-                        "wait for it or raise --lock-timeout"
-                    ) from None
-        yield
-
-
-def download(
-    request: IngestRequest,
-    *,
-    client: DatabentoClient,
-    folder: YearFolder,
-    manifest: Manifest,
-    plans: list[ProductPlan],
-    progress: Progress,
-) -> Iterator[ProductResult]:
-    """Fetch all chunks of all products on one bounded pool, merging each product as it goes.
-
-    Workers download and validate parts; this thread appends them in order, so the merge runs
-    alongside the downloads and only the header is left when the last chunk lands.
-    """
-    if not plans:
-        return
-    scratch = ScratchFiles()
-    stop = threading.Event()
-    policy = RetryPolicy(retries=request.retries)
-    started = time.monotonic()
-    mergers: dict[str, ProductMerger] = {}
-    pool = ThreadPoolExecutor(max_workers=request.jobs, thread_name_prefix="chunk")
-    try:
-        chunk_jobs: dict[Future[Part], ProductPlan] = {}
-        for plan in plans:
-            product, chunks = plan.product, plan.chunks
-            parts_dir = folder.parts(product.name)
-            parts_dir.mkdir(parents=True, exist_ok=True)
-            mergers[product.name] = ProductMerger(
-                folder.final(product.name), plan.span, chunks, product.record_size, scratch
-            )
-            progress.start(product.name, parts_dir, len(chunks))
-            for index, span in enumerate(chunks, start=1):
-                label = (
-                    f"{request.symbol} {request.year} {product.name} "
-                    f"chunk {index}/{len(chunks)} {span}"
-                )
-                chunk_request = RangeRequest(request.dataset, request.symbol, product.schema, span)
-                job = pool.submit(
-                    fetch_chunk,
-                    client=client,
-                    request=chunk_request,
-                    record_size=product.record_size,
-                    parts_dir=parts_dir,
-                    scratch=scratch,
-                    policy=policy,
-                    stop=stop,
-                    label=label,
-                )
-                chunk_jobs[job] = plan
-        for job in as_completed(chunk_jobs):
-            plan = chunk_jobs[job]
-            part = job.result()
-            merger = mergers[plan.product.name]
-            merger.add(part)
-            progress.advance(plan.product.name, part.summary.bytes)
-            if len(merger.parts) == len(plan.chunks):
-                result = finish_product(
-                    request,
-                    folder=folder,
-                    manifest=manifest,
-                    plan=plan,
-                    merger=merger,
-                    started=started,
-                )
-                progress.finish(plan.product.name)
-                yield result
-    except KeyboardInterrupt:
-        stop.set()
-        progress.close()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    except BaseException:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        progress.close()
-        pool.shutdown(wait=False)
-        for merger in mergers.values():
-            merger.discard()
-        scratch.remove_all()
-
-
-def finish_product(
-    request: IngestRequest,
-    *,
-    folder: YearFolder,
-    manifest: Manifest,
-    plan: ProductPlan,
-    merger: ProductMerger,
-    started: float,
-) -> ProductResult:
-    """Publish the merged file, record it in the manifest, then drop the parts."""
-    product = plan.product
-    merged = merger.finish()
-    entry = product_entry(
-        merged.path,
-        product=product,
-        request=request,
-        span=plan.span,
-        merged=merged,
-        chunking=request.chunking,
-        parts=merger.parts,
-    )
-    manifest.record(request.symbol, request.year, product.name, entry)
-    shutil.rmtree(folder.parts(product.name), ignore_errors=True)
-    with contextlib.suppress(OSError):
-        folder.parts(product.name).parent.rmdir()
-    reused = sum(not part.downloaded for part in merger.parts)
-    return ProductResult(
-        product,
-        "downloaded",
-        merged.bytes,
-        merged.records,
-        time.monotonic() - started,
-        extra={"chunks": len(merger.parts), "reused_chunks": reused},
     )

@@ -12,12 +12,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
-
-from filelock import FileLock
+from typing import TYPE_CHECKING, Any
 
 from backend.jobs.cache import publish, temp_path_for
+from backend.jobs.client import STYPE_IN, STYPE_OUT
 from backend.jobs.errors import CorruptFileError
+from backend.jobs.plan import Product, TimeRange, format_ns
+
+if TYPE_CHECKING:
+    from backend.jobs.chunks import Part
+    from backend.jobs.ingest import IngestRequest
 
 MANIFEST_FORMAT = 1
 TOOL_PACKAGE = "bento-ingest"
@@ -66,6 +70,8 @@ class Manifest:
             return None
 
     def record(self, symbol: str, year: int, product: str, entry: dict[str, Any]) -> None:
+        from filelock import FileLock
+
         lock = FileLock(self.path.with_name(".manifest.lock"))
         with lock:
             try:
@@ -86,6 +92,53 @@ class Manifest:
                 publish(temp, self.path)
             finally:
                 temp.unlink(missing_ok=True)
+
+
+def product_entry(
+    final: Path,
+    *,
+    product: Product,
+    request: IngestRequest,
+    span: TimeRange,
+    merged: Any,
+    chunking: str,
+    parts: list[Part],
+) -> dict[str, Any]:
+    """One product's manifest entry: the file, its content and the exact request behind it."""
+
+    def stamp(ns: int | None) -> str | None:
+        return None if ns is None else format_ns(ns)
+
+    return {
+        "file": final.name,
+        "bytes": merged.bytes,
+        "sha256": merged.sha256,
+        "records": merged.records,
+        "first_ts_recv": stamp(merged.first_ts_recv),
+        "last_ts_recv": stamp(merged.last_ts_recv),
+        "request": {
+            "dataset": request.dataset,
+            "schema": product.schema,
+            "symbols": [request.symbol],
+            "stype_in": STYPE_IN,
+            "stype_out": STYPE_OUT,
+            "start": span.start,
+            "end": span.end,
+            "chunking": chunking,
+        },
+        "chunks": [
+            {
+                "start": part.request.span.start,
+                "end": part.request.span.end,
+                "bytes": part.summary.bytes,
+                "sha256": part.summary.sha256,
+                "records": part.summary.records,
+            }
+            for part in sorted(parts, key=lambda part: part.request.span)
+        ],
+        "versions": versions(),
+        "created_at": now_iso(),
+    }
 
 
 def versions() -> dict[str, str]:

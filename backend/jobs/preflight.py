@@ -79,7 +79,7 @@ def plan_product(
         instrument_ids=",".join(ids),
         chunks=len(plan.chunks),
         est_bytes=size,
-        est_usd=f"{cost:.4f}",
+        est_usd=round(cost, 6),
     )
     return plan
 
@@ -91,7 +91,8 @@ def check_budget(plans: list[ProductPlan], max_cost: float | None) -> None:
     if total > max_cost:
         detail = ", ".join(f"{plan.product.name} {usd(plan.estimated_usd)}" for plan in plans)
         raise BudgetExceededError(
-            f"estimated cost {usd(total)} ({detail}) exceeds --max-cost {usd(max_cost)}: "
+            f"estimated cost {usd(total)} ({detail}) exceeds the budget of {usd(max_cost)} "
+            "(--max-cost / DATABENTO_MAX_COST): "
             "raise the budget, fetch fewer products, or use --dry-run to review the plan"
         )
 

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from backend.jobs.cache import TEMP_SUFFIX
 
@@ -55,6 +55,15 @@ class RichProgress:
     """
 
     def __init__(self) -> None:
+        self._display: Any = None  # rich is imported only once there is something to show
+        self._tasks: dict[str, tuple[int, Path, float]] = {}
+        self._done_bytes: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="progress", daemon=True)
+
+    def _show(self) -> None:
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -72,19 +81,16 @@ class RichProgress:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            console=Console(soft_wrap=True),  # log lines above the bars stay one line each
             redirect_stdout=True,
             transient=False,
         )
-        self._tasks: dict[str, tuple[int, Path, float]] = {}
-        self._done_bytes: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="progress", daemon=True)
+        self._display.start()
+        self._thread.start()
 
     def start(self, product: str, parts_dir: Path, chunks: int) -> None:
-        if not self._thread.is_alive():  # shown only once there is something to download
-            self._display.start()
-            self._thread.start()
+        if self._display is None:
+            self._show()
         with self._lock:
             task = self._display.add_task(product, total=chunks, size="0.0 MB", rate="")
             self._tasks[product] = (task, parts_dir, time.monotonic())

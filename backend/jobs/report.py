@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from backend.jobs.ingest import IngestReport
     from backend.jobs.inventory import CachedProduct
 
+from backend.jobs.preflight import usd
+
 PIPE_WIDTH = 120
 
 
@@ -46,7 +48,7 @@ def print_plan(report: IngestReport, symbol: str, year: int) -> None:
         ["product", "status", "range", "chunks", "est. billable", "est. USD"],
     )
     for result in report.results:
-        table.add_row(result.product.name, "cached", "-", "-", "-", "0.00")
+        table.add_row(result.product.name, "cached", "-", "-", "-", usd(0))
     for plan in report.plans:
         table.add_row(
             plan.product.name,
@@ -54,12 +56,12 @@ def print_plan(report: IngestReport, symbol: str, year: int) -> None:
             f"{plan.span.start[:10]} .. {plan.span.end[:10]} (excl.)",
             str(len(plan.chunks)),
             _mb(plan.estimated_bytes),
-            f"{plan.estimated_usd:.2f}",
+            usd(plan.estimated_usd),
         )
     total = sum(plan.estimated_usd for plan in report.plans)
     table.add_section()
     table.add_row(
-        "total", "", "", "", _mb(sum(p.estimated_bytes for p in report.plans)), f"{total:.2f}"
+        "total", "", "", "", _mb(sum(p.estimated_bytes for p in report.plans)), usd(total)
     )
     _console().print(table)
 
@@ -86,8 +88,8 @@ def print_summary(report: IngestReport, symbol: str, year: int) -> None:
             f"{result.records:,}",
             f"{result.elapsed_s:.2f}",
             f"{rate:.1f}" if downloaded else "-",
-            f"{estimate:.2f}",
-            f"{actual if downloaded else 0.0:.2f}",
+            usd(estimate),
+            usd(actual if downloaded else 0.0),
         )
     _console().print(table)
 
