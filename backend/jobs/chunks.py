@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from loguru import logger
 
@@ -57,8 +58,78 @@ def part_path(parts_dir: Path, span: TimeRange) -> Path:
     return parts_dir / f"{stamp(span.start_ns)}_{stamp(span.end_ns)}.dbn.zst"
 
 
+class GrowingFile:
+    """Reads a file that another thread is still writing: end of file only once it is done.
+
+    Checking a part while it streams in means a worker is free for its next chunk as soon as
+    the last byte lands, instead of decoding the whole part after the download.
+    """
+
+    POLL_S = 0.02
+
+    def __init__(self, path: Path, done: threading.Event) -> None:
+        self.name = path.name
+        self._path = path
+        self._done = done
+        self._handle: BinaryIO | None = None
+
+    def read(self, size: int) -> bytes:
+        while True:
+            finished = self._done.is_set()  # read before reading, so no byte is missed
+            if self._handle is None and self._path.exists():
+                self._handle = self._path.open("rb")
+            data = self._handle.read(size) if self._handle is not None else b""
+            if data or finished:
+                return data
+            self._done.wait(self.POLL_S)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+def download_and_check(
+    client: Downloader,
+    request: RangeRequest,
+    served: Path,
+    record_size: int,
+    recode_to: Path | None,
+) -> StreamSummary:
+    """Stream a chunk to `served` while checking (and re-encoding) what has arrived so far."""
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            client.download(request, served)
+        except BaseException as exc:  # noqa: BLE001  handed to the checking thread below
+            failure.append(exc)
+        finally:
+            done.set()
+
+    fetcher = threading.Thread(target=fetch, name=f"{threading.current_thread().name}-fetch")
+    fetcher.start()
+    growing = GrowingFile(served, done)
+    try:
+        summary = check_part(growing, request, record_size, recode_to=recode_to)
+    except CorruptFileError:
+        fetcher.join()
+        if failure:  # a broken download explains a broken part better than the part does
+            raise failure[0] from None
+        raise
+    finally:
+        growing.close()
+    fetcher.join()
+    if failure:
+        raise failure[0]
+    return summary
+
+
 def check_part(
-    path: Path, request: RangeRequest, record_size: int, recode_to: Path | None = None
+    path: Path | GrowingFile,
+    request: RangeRequest,
+    record_size: int,
+    recode_to: Path | None = None,
 ) -> StreamSummary:
     """A part is finished only if it decodes completely and answers exactly this request."""
     summary = scan(path, record_size, start_ns=request.span.start_ns, recode_to=recode_to)
@@ -108,9 +179,13 @@ def fetch_chunk(
         served = scratch.new(final)
         recoded = None if as_served else scratch.new(final)
         try:
-            client.download(request, served)
-            summary = check_part(served, request, record_size, recode_to=recoded)
+            began = time.monotonic()
+            summary = download_and_check(client, request, served, record_size, recoded)
             publish(recoded or served, final)
+            logger.debug(
+                "{}: {} records, {} bytes kept, in {:.2f}s",
+                *(label, summary.records, summary.bytes, time.monotonic() - began),
+            )
             return Part(
                 request,
                 final,

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import zstandard
 
@@ -32,10 +32,16 @@ COMPRESSION_LEVEL = 1
 TS_RECV_OFFSET = 32  # same in TradeMsg and MBP1Msg: header(16) price(8) size(4) 4 x u8
 
 
+class Readable(Protocol):
+    name: str
+
+    def read(self, size: int, /) -> bytes: ...
+
+
 class HashingReader:
     """Reads a binary file while hashing and counting the compressed bytes."""
 
-    def __init__(self, handle: BinaryIO) -> None:
+    def __init__(self, handle: Readable) -> None:
         self._handle = handle
         self.sha256 = hashlib.sha256()
         self.bytes = 0
@@ -193,17 +199,24 @@ class RecordCheck:
 
 
 def scan(
-    path: Path, record_size: int, start_ns: int | None = None, recode_to: Path | None = None
+    path: Path | Readable,
+    record_size: int,
+    start_ns: int | None = None,
+    recode_to: Path | None = None,
 ) -> StreamSummary:
     """Decode a whole file: metadata, record layout and order, sha256 of the compressed bytes.
 
-    With `recode_to`, the stream is also written there as two frames, the header then all
-    records, and sha256/bytes describe that file: its records frame can later be copied
-    behind another header without decompressing it.
+    `path` may also be a reader (e.g. of a file still being downloaded). With `recode_to`, the
+    stream is also written there as two frames, the header then all records, and sha256/bytes
+    describe that file: its records frame can later be copied behind another header without
+    decompressing it.
     """
-    name = path.name
     with contextlib.ExitStack() as stack:
-        source = HashingReader(stack.enter_context(path.open("rb")))
+        if isinstance(path, Path):
+            name, handle = path.name, stack.enter_context(path.open("rb"))
+        else:
+            name, handle = path.name, path
+        source = HashingReader(handle)
         reader = DbnReader(decompressed_chunks(source, name), name)
         metadata, raw = reader.metadata()
         end_ns = metadata.end if metadata.end is not None else 2**63 - 1

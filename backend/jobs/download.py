@@ -18,7 +18,7 @@ from backend.jobs.client import DatabentoClient, RangeRequest
 from backend.jobs.errors import IngestError
 from backend.jobs.ingest import IngestRequest, ProductResult
 from backend.jobs.manifest import Manifest, product_entry
-from backend.jobs.merge import merge_parts
+from backend.jobs.merge import MergedWriter
 from backend.jobs.plan import Product
 from backend.jobs.preflight import ProductPlan
 from backend.jobs.progress import Progress
@@ -60,9 +60,10 @@ def download(
     plans: list[ProductPlan],
     progress: Progress,
 ) -> Iterator[ProductResult]:
-    """Fetch all chunks of all products on one bounded pool; merge each product once complete.
+    """Fetch all chunks of all products on one bounded pool, merging each product as it goes.
 
-    Workers download, check and re-encode parts, so the merge is a copy behind a new header.
+    Workers download, check and re-encode parts; this thread appends their records, in order,
+    to the product's final file, so little is left to do when the last chunk lands.
     """
     if not plans:
         return
@@ -70,7 +71,7 @@ def download(
     stop = threading.Event()
     policy = RetryPolicy(retries=request.retries)
     started = time.monotonic()
-    parts: dict[str, list[Part]] = {plan.product.name: [] for plan in plans}
+    writers: dict[str, MergedWriter] = {}
     pool = ThreadPoolExecutor(max_workers=request.jobs, thread_name_prefix="chunk")
     try:
         chunk_jobs: dict[Future[Part], ProductPlan] = {}
@@ -78,6 +79,9 @@ def download(
             product, chunks = plan.product, plan.chunks
             parts_dir = folder.parts(product.name)
             parts_dir.mkdir(parents=True, exist_ok=True)
+            whole = RangeRequest(request.dataset, request.symbol, product.schema, plan.span)
+            final = folder.final(product.name)
+            writers[product.name] = MergedWriter(final, whole, chunks, plan.header, scratch)
             progress.start(product.name, parts_dir, len(chunks))
             for index, span in enumerate(chunks, start=1):
                 label = (
@@ -101,17 +105,16 @@ def download(
         for job in as_completed(chunk_jobs):
             plan = chunk_jobs[job]
             part = job.result()
-            done = parts[plan.product.name]
-            done.append(part)
+            writer = writers[plan.product.name]
+            writer.add(part)
             progress.advance(plan.product.name, part.summary.bytes)
-            if len(done) == len(plan.chunks):
+            if len(writer.parts) == len(plan.chunks):
                 result = finish_product(
                     request,
                     folder=folder,
                     manifest=manifest,
                     plan=plan,
-                    parts=done,
-                    scratch=scratch,
+                    writer=writer,
                     started=started,
                 )
                 progress.finish(plan.product.name)
@@ -128,6 +131,8 @@ def download(
     finally:
         progress.close()
         pool.shutdown(wait=False)
+        for writer in writers.values():
+            writer.discard()
         scratch.remove_all()
 
 
@@ -137,13 +142,13 @@ def finish_product(
     folder: YearFolder,
     manifest: Manifest,
     plan: ProductPlan,
-    parts: list[Part],
-    scratch: ScratchFiles,
+    writer: MergedWriter,
     started: float,
 ) -> ProductResult:
     """Publish the merged file, record it in the manifest, then drop the parts."""
     product = plan.product
-    merged = merge_parts(parts, plan.span, folder.final(product.name), scratch)
+    parts = writer.parts
+    merged = writer.finish()
     entry = product_entry(
         merged.path,
         product=product,

@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import BinaryIO
+
+from loguru import logger
 
 from backend.jobs.cache import ScratchFiles, publish
 from backend.jobs.chunks import Part
+from backend.jobs.client import STYPE_IN, STYPE_OUT, RangeRequest
 from backend.jobs.dbnfile import HashingWriter, compress_frame
 from backend.jobs.plan import TimeRange
-
-if TYPE_CHECKING:
-    from databento_dbn import Metadata
 
 COPY_SIZE = 1 << 20
 
@@ -51,76 +51,154 @@ def symbol_status(parts: list[Part], symbol: str) -> tuple[list[str], list[str]]
     return [], []
 
 
-def merged_metadata(parts: list[Part], span: TimeRange) -> Metadata:
-    from databento_dbn import Metadata, Schema, SType
+@dataclass(frozen=True)
+class HeaderFields:
+    """What a merged DBN header holds beyond the request: symbology and resolution status."""
 
-    first = parts[0].summary.metadata
-    symbol = parts[0].request.symbol
+    intervals: dict[str, list[tuple]]  # raw_symbol -> [(start_date, end_date, instrument_id)]
+    partial: list[str]
+    not_found: list[str]
+
+
+def header_from_parts(parts: list[Part]) -> HeaderFields:
+    """Mappings merged across chunks (adjacent equal intervals coalesced), status combined."""
     by_symbol: dict[str, list[tuple]] = {}
     for part in parts:
         for raw_symbol, intervals in part.summary.metadata.mappings.items():
             by_symbol.setdefault(raw_symbol, []).extend(
                 (item["start_date"], item["end_date"], item["symbol"]) for item in intervals
             )
+    partial, not_found = symbol_status(parts, parts[0].request.symbol)
+    return HeaderFields(
+        {symbol: coalesce(intervals) for symbol, intervals in by_symbol.items()}, partial, not_found
+    )
+
+
+def encode_header(request: RangeRequest, fields: HeaderFields) -> bytes:
+    """The DBN metadata a single request for `request.span` would start with."""
+    from databento_dbn import Metadata, Schema, SType
+
     mappings = [
         SimpleNamespace(
             raw_symbol=raw_symbol,
             intervals=[
                 SimpleNamespace(start_date=start, end_date=end, symbol=value)
-                for start, end, value in coalesce(intervals)
+                for start, end, value in intervals
             ],
         )
-        for raw_symbol, intervals in by_symbol.items()
+        for raw_symbol, intervals in fields.intervals.items()
     ]
-    partial, not_found = symbol_status(parts, symbol)
-    return Metadata(
-        dataset=first.dataset,
-        schema=Schema(str(first.schema)),
-        start=span.start_ns,
-        end=span.end_ns,
-        stype_in=SType(str(first.stype_in)),
-        stype_out=SType(str(first.stype_out)),
-        symbols=[symbol],
-        partial=partial,
-        not_found=not_found,
+    metadata = Metadata(
+        dataset=request.dataset,
+        schema=Schema(request.schema),
+        start=request.span.start_ns,
+        end=request.span.end_ns,
+        stype_in=SType(STYPE_IN),
+        stype_out=SType(STYPE_OUT),
+        symbols=[request.symbol],
+        partial=fields.partial,
+        not_found=fields.not_found,
         mappings=mappings,
         limit=None,
-        ts_out=first.ts_out,
+        ts_out=False,
     )
+    return bytes(metadata.encode())
 
 
-def merge_parts(
-    parts: list[Part], span: TimeRange, final: Path, scratch: ScratchFiles
-) -> MergedFile:
-    """One DBN stream for the whole range, published atomically at `final`.
+class MergedWriter:
+    """Writes a product's final file while its chunks are still downloading.
 
-    A range fetched in a single request is kept byte for byte as served. Otherwise the merged
-    header is written as one zstd frame and each part's records frame is copied behind it,
-    in order, without being decompressed: a multi-frame zstd stream that decodes to exactly
-    the DBN stream one request for the whole range returns.
+    The header goes first, as one zstd frame, built from the preflight's symbology; each
+    part's records frame is copied behind it, in chronological order, as soon as it is next in
+    line: a multi-frame zstd stream that decodes to exactly the DBN stream one request for the
+    whole range returns. If the chunks' own metadata disagrees with the predicted header, the
+    body is copied once more behind the right one. A range fetched in a single request is kept
+    byte for byte as served instead.
     """
-    parts = sorted(parts, key=lambda part: part.request.span)
-    records = sum(part.summary.records for part in parts)
-    stamps = [part.summary for part in parts if part.summary.records]
-    first_ts = stamps[0].first_ts_recv if stamps else None
-    last_ts = stamps[-1].last_ts_recv if stamps else None
-    if len(parts) == 1 and parts[0].records_offset is None:
-        only = parts[0]
-        publish(only.path, final)
-        return MergedFile(
-            final, only.summary.bytes, only.summary.sha256, records, first_ts, last_ts
-        )
-    temp = scratch.new(final)
-    try:
-        with temp.open("wb") as handle:
+
+    def __init__(
+        self,
+        final: Path,
+        request: RangeRequest,
+        chunks: list[TimeRange],
+        predicted: HeaderFields,
+        scratch: ScratchFiles,
+    ) -> None:
+        self.final = final
+        self.request = request
+        self.scratch = scratch
+        self.parts: list[Part] = []
+        self._position = {chunk: index for index, chunk in enumerate(chunks)}
+        self._waiting: dict[int, Part] = {}
+        self._next = 0
+        self._as_served = chunks == [request.span]
+        self._header = encode_header(request, predicted)
+        self._temp = scratch.new(final)
+        self._handle: BinaryIO | None = None
+        self._sink: HashingWriter | None = None
+
+    def add(self, part: Part) -> None:
+        """Take a finished part; append every part that is now next in line."""
+        self.parts.append(part)
+        self._waiting[self._position[part.request.span]] = part
+        while self._next in self._waiting:
+            self._append(self._waiting.pop(self._next))
+            self._next += 1
+
+    def _append(self, part: Part) -> None:
+        if self._as_served:
+            return
+        if self._sink is None:
+            self._handle = self._temp.open("wb")
+            self._sink = HashingWriter(self._handle)
+            self._sink.write(compress_frame(self._header))
+        with part.path.open("rb") as source:
+            source.seek(part.records_offset or 0)
+            while block := source.read(COPY_SIZE):
+                self._sink.write(block)
+
+    def finish(self) -> MergedFile:
+        """Publish the final file atomically; every part must have been added."""
+        if self._next != len(self._position):
+            raise RuntimeError(f"{self.final.name}: merge finished with chunks missing")
+        parts = sorted(self.parts, key=lambda part: part.request.span)
+        stamps = [part.summary for part in parts if part.summary.records]
+        records = sum(part.summary.records for part in parts)
+        first_ts = stamps[0].first_ts_recv if stamps else None
+        last_ts = stamps[-1].last_ts_recv if stamps else None
+        if self._as_served:
+            only = parts[0]
+            publish(only.path, self.final)
+            return MergedFile(
+                self.final, only.summary.bytes, only.summary.sha256, records, first_ts, last_ts
+            )
+        sink = self._sink
+        if sink is None or self._handle is None:
+            raise RuntimeError(f"{self.final.name}: no part was appended")
+        self._handle.close()
+        header = encode_header(self.request, header_from_parts(parts))
+        if header != self._header:
+            sink = self._rewrite(header)
+        publish(self._temp, self.final)
+        digest = sink.sha256.hexdigest()
+        return MergedFile(self.final, sink.bytes, digest, records, first_ts, last_ts)
+
+    def _rewrite(self, header: bytes) -> HashingWriter:
+        """The chunks' symbology differs from the preflight's: same body, the right header."""
+        logger.debug("{}: data symbology differs from the preflight's; rewriting", self.final)
+        rewritten = self.scratch.new(self.final)
+        with rewritten.open("wb") as handle, self._temp.open("rb") as body:
             sink = HashingWriter(handle)
-            sink.write(compress_frame(merged_metadata(parts, span).encode()))
-            for part in parts:
-                with part.path.open("rb") as source:
-                    source.seek(part.records_offset or 0)
-                    while block := source.read(COPY_SIZE):
-                        sink.write(block)
-        publish(temp, final)
-    finally:
-        scratch.discard(temp)
-    return MergedFile(final, sink.bytes, sink.sha256.hexdigest(), records, first_ts, last_ts)
+            sink.write(compress_frame(header))
+            body.seek(len(compress_frame(self._header)))
+            while block := body.read(COPY_SIZE):
+                sink.write(block)
+        self.scratch.discard(self._temp)
+        self._temp = rewritten
+        return sink
+
+    def discard(self) -> None:
+        """Drop the unfinished file after a failure; safe to call twice."""
+        if self._handle is not None:
+            self._handle.close()
+        self.scratch.discard(self._temp)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Protocol
 
 from loguru import logger
@@ -11,7 +11,8 @@ from loguru import logger
 from backend.jobs.client import RangeRequest
 from backend.jobs.errors import BudgetExceededError, InvalidInputError
 from backend.jobs.logs import key_value_line
-from backend.jobs.plan import Chunking, Product, TimeRange, date_ns, split_range
+from backend.jobs.merge import HeaderFields, coalesce
+from backend.jobs.plan import Chunking, Product, TimeRange, date_ns, ns_to_datetime, split_range
 
 
 class MetadataClient(Protocol):
@@ -27,6 +28,20 @@ class ProductPlan:
     instrument_ids: list[str]
     estimated_bytes: int
     estimated_usd: float
+    header: HeaderFields  # the merged file's symbology as resolved, checked against the data
+
+
+def predicted_header(answer: dict[str, Any], symbol: str, span: TimeRange) -> HeaderFields:
+    """Pure: resolved intervals clipped to `span`'s dates, as the merged header will hold them."""
+    first = ns_to_datetime(span.start_ns).date()
+    last = ns_to_datetime(span.end_ns - 1).date() + timedelta(days=1)  # end date, exclusive
+    intervals = []
+    for item in answer["result"][symbol]:
+        start = max(date.fromisoformat(item["d0"]), first)
+        end = min(date.fromisoformat(item["d1"]), last)
+        if start < end:
+            intervals.append((start, end, item["s"]))
+    return HeaderFields({symbol: coalesce(intervals)}, partial=[], not_found=[])
 
 
 def resolved_span(answer: dict[str, Any], symbol: str, span: TimeRange) -> TimeRange | None:
@@ -68,7 +83,8 @@ def plan_product(
         )
     ids = sorted({item["s"] for item in answer["result"][symbol]})
     size, cost = client.estimate(RangeRequest(dataset, symbol, product.schema, covered))
-    plan = ProductPlan(product, covered, split_range(covered, chunking), ids, size, cost)
+    header = predicted_header(answer, symbol, covered)
+    plan = ProductPlan(product, covered, split_range(covered, chunking), ids, size, cost, header)
     key_value_line(
         "preflight",
         symbol=symbol,

@@ -44,6 +44,19 @@ def _parser() -> argparse.ArgumentParser:
         help="exclusive end of data, YYYY-MM-DD (default: today 00:00 UTC)",
     )
     serve.add_argument("--frames", choices=("single", "per_day"), default="single")
+    serve.add_argument(
+        "--frame-cache-mb",
+        type=int,
+        default=0,
+        help="per_day only: keep compressed day frames in memory across requests",
+    )
+    serve.add_argument(
+        "--prewarm",
+        action="append",
+        default=[],
+        metavar="DATASET/SYMBOL/SCHEMA/YEAR",
+        help="build these days into the frame cache before serving (repeatable)",
+    )
     return parser
 
 
@@ -69,9 +82,14 @@ def serve(args: argparse.Namespace) -> int:
         available_end=args.available_end,
         throttle_bytes_per_s=args.throttle_bytes_per_s,
         frames=args.frames,
+        frame_cache_mb=args.frame_cache_mb,
         host=args.host,
         port=args.port,
     )
+    for spec in args.prewarm:
+        dataset, symbol, schema, year = spec.split("/")
+        cached = gateway.prewarm(dataset, symbol, schema, int(year))
+        logger.info("prewarmed %s: %.1f MB of frames", spec, cached / 1e6)
     with gateway:
         shutil.copyfile(gateway.ca_path, state_dir / "ca.pem")
         _write_atomically(state_dir / "gateway", gateway.gateway)

@@ -337,6 +337,7 @@ def get_range(gw: SandboxGateway, call: ApiCall) -> Response:
         compression="zstd" if compression == "zstd" else "none",
         frames=gw.frames,
         level=gw.compression_level,
+        frame_cache=gw.frame_cache,
     )
     return StreamResponse(body, headers=headers)
 

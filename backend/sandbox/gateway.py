@@ -16,8 +16,10 @@ from typing import Any, Literal
 import trustme
 
 from backend.sandbox.catalog import DATASETS, SymbolCatalog, default_catalog
+from backend.sandbox.dbnstream import FrameCache, encode_body
 from backend.sandbox.faults import Fault, FaultBook
 from backend.sandbox.fixtures import Fixture, FixtureKey, load_fixture
+from backend.sandbox.records import iter_range_records
 from backend.sandbox.server import SandboxHttpServer
 from backend.sandbox.timestamps import to_ns, today_midnight_ns
 
@@ -50,6 +52,7 @@ class SandboxGateway:
         price_per_gb: float = 1.0,
         frames: Literal["single", "per_day"] = "single",
         compression_level: int = 1,
+        frame_cache_mb: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -73,6 +76,8 @@ class SandboxGateway:
         self.price_per_gb: float = price_per_gb
         self.frames: Literal["single", "per_day"] = frames
         self.compression_level: int = compression_level
+        # per_day only: serve repeated days from memory, see dbnstream.FrameCache
+        self.frame_cache = FrameCache(frame_cache_mb * 2**20) if frame_cache_mb else None
         self.catalog: SymbolCatalog = default_catalog()
         self.fixtures: dict[FixtureKey, Fixture] = {}
         self.degraded_days: set[date] = set()
@@ -197,6 +202,28 @@ class SandboxGateway:
             self.catalog.extend(fixture.dataset, symbol, intervals)
         self.fixtures[fixture.key] = fixture
         return fixture
+
+    def prewarm(self, dataset: str, symbol: str, schema: str, year: int) -> int:
+        """Fill the frame cache with a symbol-year so serving it costs no compression.
+
+        Returns the compressed bytes cached; needs frames="per_day" and frame_cache_mb > 0.
+        """
+        if self.frame_cache is None or self.frames != "per_day":
+            raise ValueError("prewarm needs frames='per_day' and frame_cache_mb > 0")
+        start, end = date(year, 1, 1), date(year + 1, 1, 1)
+        resolution = self.catalog.resolve(dataset, [symbol], start, end)
+        days = iter_range_records(
+            dataset,
+            schema,
+            resolution.mappings,
+            start_ns=to_ns(start),
+            end_ns=to_ns(end),
+            records_per_day=self.records_per_day,
+        )
+        body = encode_body(
+            b"", days, frames="per_day", level=self.compression_level, frame_cache=self.frame_cache
+        )
+        return sum(len(piece) for piece in body)
 
     def set_dataset_range(
         self, dataset: str, start: datetime | date | str, end: datetime | date | str
