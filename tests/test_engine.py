@@ -32,6 +32,21 @@ def in_march(params: dict[str, str]) -> bool:
     return params["start"].startswith(MARCH)
 
 
+def single_request(gateway, symbol: str, schema: str, path: Path) -> Path:
+    """What a user gets from one get_range for the whole of 2023."""
+    client = databento.Historical(key=os.environ["DATABENTO_API_KEY"], gateway=gateway.gateway)
+    store = client.timeseries.get_range(
+        dataset="XNAS.ITCH",
+        symbols=[symbol],
+        schema=schema,
+        start="2023-01-01T00:00:00Z",
+        end="2024-01-01T00:00:00Z",
+        path=path,
+    )
+    store.reader.close()
+    return path
+
+
 def decompressed(path: Path) -> bytes:
     with path.open("rb") as handle:
         return zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True).read()
@@ -139,17 +154,7 @@ def test_merged_file_equals_a_single_full_year_request(
     """
     result = cli("data", "--symbol", "MSFT", "--year", "2023", "--products", product)
     assert result.exit_code == 0, result.output
-    single = tmp_path / "single.dbn.zst"
-    client = databento.Historical(key=os.environ["DATABENTO_API_KEY"], gateway=gateway.gateway)
-    store = client.timeseries.get_range(
-        dataset="XNAS.ITCH",
-        symbols=["MSFT"],
-        schema=schema,
-        start="2023-01-01T00:00:00Z",
-        end="2024-01-01T00:00:00Z",
-        path=single,
-    )
-    store.reader.close()
+    single = single_request(gateway, "MSFT", schema, tmp_path / "single.dbn.zst")
     merged = year_folder(data_dir, "MSFT") / f"{product.upper()}.dbn.zst"
     assert decompressed(merged) == decompressed(single)
     intervals = databento.DBNStore.from_bytes(merged.read_bytes()).mappings["MSFT"]
@@ -346,3 +351,22 @@ def test_two_concurrent_runs_download_once(slow_gateway, tmp_path):
     assert statuses == ["downloaded", "skipped"]
     assert slow_gateway.count("timeseries.get_range") == 12
     assert "waiting" in outputs[1][0]
+
+
+def test_merge_fixes_a_header_predicted_wrongly_from_symbology(
+    gateway, cli, data_dir, tmp_path, monkeypatch
+):
+    """The header is written first from the preflight's symbology; if the chunks' metadata
+    disagrees, the chunks win and the file still equals a single full-year request."""
+    from backend.jobs import preflight
+    from backend.jobs.merge import HeaderFields
+
+    def wrong_header(answer, symbol, span):
+        return HeaderFields({symbol: []}, partial=[], not_found=[])
+
+    monkeypatch.setattr(preflight, "predicted_header", wrong_header)
+    result = cli("data", "--symbol", "MSFT", "--year", "2023", "--products", "trades")
+    assert result.exit_code == 0, result.output
+    single = single_request(gateway, "MSFT", "trades", tmp_path / "single.dbn.zst")
+    merged = year_folder(data_dir, "MSFT") / "TRADES.dbn.zst"
+    assert decompressed(merged) == decompressed(single)

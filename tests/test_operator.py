@@ -239,7 +239,9 @@ def test_max_cost_zero_refusal_shows_an_estimate_above_the_budget(gateway, cli, 
     """--max-cost 0 ('nothing billable') must show a refused estimate larger than the budget."""
     result = cli("data", "--symbol", "AAPL", "--year", "2023", "--max-cost", "0")
     assert result.exit_code == 2, result.output
-    match = re.search(r"estimated cost \$([\d.]+) .*exceeds the budget of \$([\d.]+)", result.stderr)
+    match = re.search(
+        r"estimated cost \$([\d.]+) .*exceeds the budget of \$([\d.]+)", result.stderr
+    )
     assert match, result.stderr
     assert float(match.group(1)) > float(match.group(2))
 

@@ -74,13 +74,20 @@ class GrowingFile:
         self._handle: BinaryIO | None = None
 
     def read(self, size: int) -> bytes:
+        """Up to `size` bytes; waits for a full read unless the writer is done (fewer, larger
+        pieces to decode than the 8 KiB steps the file grows by)."""
+        pieces: list[bytes] = []
+        wanted = size
         while True:
             finished = self._done.is_set()  # read before reading, so no byte is missed
             if self._handle is None and self._path.exists():
                 self._handle = self._path.open("rb")
-            data = self._handle.read(size) if self._handle is not None else b""
-            if data or finished:
-                return data
+            data = self._handle.read(wanted) if self._handle is not None else b""
+            if data:
+                pieces.append(data)
+                wanted -= len(data)
+            if not wanted or finished:
+                return b"".join(pieces)
             self._done.wait(self.POLL_S)
 
     def close(self) -> None:
