@@ -28,8 +28,13 @@ def starts(gateway) -> collections.Counter[str]:
     )
 
 
-def in_march(params: dict[str, str]) -> bool:
-    return params["start"].startswith(MARCH)
+def march_fault(**fault: object) -> Fault:
+    """A fault on the get_range requests of the March 2023 chunk only."""
+    return Fault(
+        endpoint="timeseries.get_range",
+        match=lambda params: params["start"].startswith(MARCH),
+        **fault,
+    )
 
 
 def single_request(gateway, symbol: str, schema: str, path: Path) -> Path:
@@ -66,14 +71,7 @@ def test_stream_cut_in_one_chunk_refetches_only_that_chunk(gateway, cli, data_di
         str(tmp_path / "reference"),
     )
     gateway.reset()
-    gateway.add_fault(
-        Fault(
-            endpoint="timeseries.get_range",
-            cut_after_bytes=120,
-            times=1,
-            match=in_march,
-        )
-    )
+    gateway.add_fault(march_fault(cut_after_bytes=120, times=1))
     result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
     assert result.exit_code == 0, result.output
     counts = starts(gateway)
@@ -86,14 +84,7 @@ def test_stream_cut_in_one_chunk_refetches_only_that_chunk(gateway, cli, data_di
 
 def test_server_errors_are_retried_with_a_log_line_each(gateway, cli, data_dir):
     """503 twice then success: the run succeeds and says why it retried."""
-    gateway.add_fault(
-        Fault(
-            endpoint="timeseries.get_range",
-            status=503,
-            times=2,
-            match=in_march,
-        )
-    )
+    gateway.add_fault(march_fault(status=503, times=2))
     result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
     assert result.exit_code == 0, result.output
     retries = [line for line in result.stdout.splitlines() if "retry" in line and "503" in line]
@@ -103,15 +94,7 @@ def test_server_errors_are_retried_with_a_log_line_each(gateway, cli, data_dir):
 
 def test_rate_limit_waits_for_retry_after(gateway, cli, data_dir):
     """429 with Retry-After: 1 is honoured before the chunk is asked for again."""
-    gateway.add_fault(
-        Fault(
-            endpoint="timeseries.get_range",
-            status=429,
-            retry_after=1,
-            times=1,
-            match=in_march,
-        )
-    )
+    gateway.add_fault(march_fault(status=429, retry_after=1, times=1))
     began = time.monotonic()
     result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
     assert result.exit_code == 0, result.output
@@ -129,15 +112,7 @@ def test_rate_limit_waits_for_retry_after(gateway, cli, data_dir):
 )
 def test_client_errors_are_never_retried(gateway, cli, data_dir, status, detail, code):
     """401/402/422 will not change on a retry: one request, then the documented exit code."""
-    gateway.add_fault(
-        Fault(
-            endpoint="timeseries.get_range",
-            status=status,
-            detail=detail,
-            times=1,
-            match=in_march,
-        )
-    )
+    gateway.add_fault(march_fault(status=status, detail=detail, times=1))
     result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
     assert result.exit_code == code, result.output
     assert starts(gateway)[MARCH] == 1

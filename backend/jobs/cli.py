@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from loguru import logger
@@ -24,6 +24,9 @@ from backend.jobs.plan import (
     validate_year,
 )
 from backend.jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from backend.jobs.inventory import CachedProduct
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -185,11 +188,19 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-def _filters(symbol: str | None, year: str | None) -> tuple[str | None, int | None]:
-    return (
-        normalize_symbol(symbol) if symbol else None,
-        validate_year(_parse_year(year)) if year else None,
-    )
+def _cached(symbol: str | None, year: str | None, data_dir: Path | None) -> list[CachedProduct]:
+    """Set up logging, validate the filters, list the cache (local files only)."""
+    from backend.jobs.inventory import cached_products
+
+    setup_logging()
+    try:
+        return cached_products(
+            Settings.from_env(data_dir=data_dir).data_dir,
+            normalize_symbol(symbol) if symbol else None,
+            validate_year(_parse_year(year)) if year else None,
+        )
+    except IngestError as exc:
+        raise _fail(exc) from None
 
 
 @app.command(
@@ -207,17 +218,9 @@ def status(
 
     Reads local files only: no network, no API key needed.
     """
-    from backend.jobs.inventory import cached_products
     from backend.jobs.report import print_status
 
-    setup_logging()
-    try:
-        symbol_filter, year_filter = _filters(symbol, year)
-        items = cached_products(
-            Settings.from_env(data_dir=data_dir).data_dir, symbol_filter, year_filter
-        )
-    except IngestError as exc:
-        raise _fail(exc) from None
+    items = _cached(symbol, year, data_dir)
     if as_json:
         sys.stdout.write(json.dumps([item.as_json() for item in items], indent=2) + "\n")
     else:
@@ -235,16 +238,9 @@ def verify(
     data_dir: DataDirOption = None,
 ) -> None:
     """Re-hash every cached file against its manifest and decode its DBN header."""
-    from backend.jobs.inventory import cached_products, verify_product
+    from backend.jobs.inventory import verify_product
 
-    setup_logging()
-    try:
-        symbol_filter, year_filter = _filters(symbol, year)
-        items = cached_products(
-            Settings.from_env(data_dir=data_dir).data_dir, symbol_filter, year_filter
-        )
-    except IngestError as exc:
-        raise _fail(exc) from None
+    items = _cached(symbol, year, data_dir)
     bad = 0
     for item in items:
         problem = verify_product(item)
