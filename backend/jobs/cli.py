@@ -138,8 +138,9 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     Each product is fetched in chunks (resumable, retried, parallel), merged into one DBN file
     (zstd) and recorded in manifest.json. Cached products are skipped without any request.
     """
-    from backend.jobs.ingest import IngestRequest, run_ingest
+    from backend.jobs.ingest import run_ingest
     from backend.jobs.progress import NullProgress, RichProgress, wants_progress
+    from backend.jobs.request import IngestRequest
 
     level = "DEBUG" if verbose else "SUCCESS" if quiet else log_level.upper()
     try:

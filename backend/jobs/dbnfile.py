@@ -23,7 +23,7 @@ from backend.jobs.errors import CorruptFileError
 if TYPE_CHECKING:
     from databento_dbn import Metadata
 
-READ_SIZE = 1 << 16  # small reads keep decompressed pieces in cache and memory flat
+READ_SIZE = 1 << 15  # small reads keep decompressed pieces in cache and memory flat
 DBN_MAGIC = b"DBN"
 DBN_VERSION = 3
 PREFIX = struct.Struct("<3sBI")  # magic, version, metadata length

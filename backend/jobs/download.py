@@ -1,4 +1,4 @@
-"""The download engine: chunks of every product on one bounded pool, then merge and record."""
+"""The download engine: chunks of every product on one bounded pool, merged as they land."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from backend.jobs.cache import ScratchFiles, YearFolder
 from backend.jobs.chunks import Part, RetryPolicy, fetch_chunk
 from backend.jobs.client import DatabentoClient, RangeRequest
 from backend.jobs.errors import IngestError
-from backend.jobs.ingest import IngestRequest, ProductResult
 from backend.jobs.manifest import Manifest, product_entry
 from backend.jobs.merge import MergedWriter
 from backend.jobs.plan import Product
 from backend.jobs.preflight import ProductPlan
 from backend.jobs.progress import Progress
+from backend.jobs.request import IngestRequest, ProductResult
 
 
 @contextlib.contextmanager

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +15,9 @@ from backend.jobs.cache import YearFolder, remove_stale_temps
 from backend.jobs.client import DatabentoClient
 from backend.jobs.dbnfile import sha256_file
 from backend.jobs.errors import CorruptFileError
-from backend.jobs.logs import completion_line
 from backend.jobs.manifest import CacheState, Manifest, cache_state, product_entry
-from backend.jobs.plan import Chunking, Product, TimeRange, clamp_year
+from backend.jobs.plan import Product, TimeRange, clamp_year
+from backend.jobs.request import IngestRequest, ProductResult
 from backend.jobs.settings import Secret, Settings
 
 if TYPE_CHECKING:
@@ -25,49 +25,6 @@ if TYPE_CHECKING:
     from backend.jobs.progress import Progress
 
 ClientFactory = Callable[[Secret, str | None], Any]
-
-
-@dataclass(frozen=True)
-class IngestRequest:
-    symbol: str
-    year: int
-    products: tuple[Product, ...]
-    dataset: str = "XNAS.ITCH"
-    force: bool = False
-    verify: bool = False
-    chunking: Chunking = "month"
-    jobs: int = 4
-    retries: int = 5
-    lock_timeout_s: float = 600.0
-    dry_run: bool = False
-
-
-@dataclass
-class ProductResult:
-    product: Product
-    status: str  # "downloaded" or "skipped"
-    bytes: int
-    records: int
-    elapsed_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def log(self, request: IngestRequest) -> None:
-        rate = (
-            self.bytes / 1e6 / self.elapsed_s
-            if self.status == "downloaded" and self.elapsed_s
-            else 0
-        )
-        completion_line(
-            symbol=request.symbol,
-            year=request.year,
-            product=self.product.name,
-            status=self.status,
-            bytes=self.bytes,
-            elapsed_s=round(self.elapsed_s, 2),
-            records=self.records,
-            mb_per_s=round(rate, 1),
-            **self.extra,
-        )
 
 
 @dataclass
@@ -85,8 +42,8 @@ def run_ingest(
     """Skip what is cached; preflight, budget-check, then fetch and merge the rest."""
     folder = YearFolder(settings.data_dir, request.symbol, request.year)
     manifest = Manifest(folder.manifest)
-    results: dict[str, ProductResult] = {}
     started = time.monotonic()
+    results: dict[str, ProductResult] = {}
     pending = []
     for product in request.products:
         cached = (
@@ -100,63 +57,88 @@ def run_ingest(
     plans: list[ProductPlan] = []
     if pending:
         # Only now the download machinery: a cached re-run must stay cheap to start.
-        from backend.jobs.download import download, locked
-        from backend.jobs.preflight import check_budget, plan_product
-        from backend.jobs.progress import NullProgress
+        from backend.jobs.preflight import check_budget
 
         client = client_factory(settings.require_key(), settings.gateway)
-        available = client.dataset_range(request.dataset)
-        for product in pending:
-            span = clamp_year(
-                request.year,
-                available.get(product.schema, available["*"]),
-                request.dataset,
-                product.schema,
-            )
-            plans.append(
-                plan_product(
-                    client,
-                    dataset=request.dataset,
-                    symbol=request.symbol,
-                    year=request.year,
-                    product=product,
-                    span=span,
-                    chunking=request.chunking,
-                )
-            )
-        if request.dry_run:
-            return IngestReport(
-                [results[p.name] for p in request.products if p.name in results], plans
-            )
-        check_budget(plans, settings.max_cost)
-        folder.path.mkdir(parents=True, exist_ok=True)
-        with locked(folder, pending, request.lock_timeout_s):
-            todo = []
-            for plan in plans:
-                product = plan.product
-                remove_stale_temps(folder.path, product.name)
-                remove_stale_temps(folder.parts(product.name), "")
-                cached = None
-                if not request.force:
-                    cached = cached_result(folder, manifest, product, request, started, adopt=True)
-                if cached:
-                    shutil.rmtree(folder.parts(product.name), ignore_errors=True)
-                    results[product.name] = cached
-                    cached.log(request)
-                else:
-                    todo.append(plan)
-            for result in download(
+        plans = preflight(client, request, pending)
+        if not request.dry_run:
+            check_budget(plans, settings.max_cost)
+            fetched = fetch(
                 request,
-                client=client,
+                client,
                 folder=folder,
                 manifest=manifest,
-                plans=todo,
-                progress=progress or NullProgress(),
-            ):
+                plans=plans,
+                started=started,
+                progress=progress,
+            )
+            for result in fetched:
                 results[result.product.name] = result
                 result.log(request)
     logger.info("cache folder: {}", folder.path)
-    return IngestReport([results[product.name] for product in request.products], plans)
+    return IngestReport([results[p.name] for p in request.products if p.name in results], plans)
+
+
+def preflight(client: Any, request: IngestRequest, products: list[Product]) -> list[ProductPlan]:
+    """Per product: the year clamped to the dataset, resolved, estimated (metadata calls only)."""
+    from backend.jobs.preflight import plan_product
+
+    available = client.dataset_range(request.dataset)
+    plans = []
+    for product in products:
+        schema_range = available.get(product.schema, available["*"])
+        span = clamp_year(request.year, schema_range, request.dataset, product.schema)
+        plans.append(
+            plan_product(
+                client,
+                dataset=request.dataset,
+                symbol=request.symbol,
+                year=request.year,
+                product=product,
+                span=span,
+                chunking=request.chunking,
+            )
+        )
+    return plans
+
+
+def fetch(
+    request: IngestRequest,
+    client: Any,
+    *,
+    folder: YearFolder,
+    manifest: Manifest,
+    plans: list[ProductPlan],
+    started: float,
+    progress: Progress | None,
+) -> Iterator[ProductResult]:
+    """Under the products' locks: skip what another run finished meanwhile, download the rest."""
+    from backend.jobs.download import download, locked
+    from backend.jobs.progress import NullProgress
+
+    folder.path.mkdir(parents=True, exist_ok=True)
+    with locked(folder, [plan.product for plan in plans], request.lock_timeout_s):
+        todo = []
+        for plan in plans:
+            product = plan.product
+            remove_stale_temps(folder.path, product.name)
+            remove_stale_temps(folder.parts(product.name), "")
+            cached = None
+            if not request.force:
+                cached = cached_result(folder, manifest, product, request, started, locked=True)
+            if cached:
+                shutil.rmtree(folder.parts(product.name), ignore_errors=True)
+                yield cached
+            else:
+                todo.append(plan)
+        yield from download(
+            request,
+            client=client,
+            folder=folder,
+            manifest=manifest,
+            plans=todo,
+            progress=progress or NullProgress(),
+        )
 
 
 def cached_result(
@@ -166,20 +148,29 @@ def cached_result(
     request: IngestRequest,
     started: float,
     *,
-    adopt: bool = False,
+    locked: bool = False,
 ) -> ProductResult | None:
-    """A skipped result when the cache already holds this product, else None (download it)."""
+    """A skipped result when the cache already holds this product, else None (download it).
+
+    Before the lock this only looks; under it, it also reports what is wrong and adopts a
+    valid file that has no manifest entry.
+    """
     final = folder.final(product.name)
     size = final.stat().st_size if final.is_file() else None
     entry = manifest.entry(product.name)
     state = cache_state(size, entry)
     if state is CacheState.OK and entry is not None:
         if request.verify and sha256_file(final) != entry.get("sha256"):
-            logger.warning("{} fails its sha256 check against the manifest; re-downloading", final)
+            if locked:
+                logger.warning(
+                    "{} fails its sha256 check against the manifest; re-downloading", final
+                )
             return None
         return ProductResult(
             product, "skipped", entry["bytes"], entry.get("records", 0), time.monotonic() - started
         )
+    if not locked:
+        return None
     if state is CacheState.SIZE_MISMATCH and entry is not None:
         logger.warning(
             "{} is {} bytes but the manifest recorded {}; re-downloading",
@@ -187,7 +178,7 @@ def cached_result(
             size,
             entry.get("bytes"),
         )
-    if state is CacheState.UNRECORDED and adopt:
+    if state is CacheState.UNRECORDED:
         entry = adopted_entry(final, product, request)
         if entry is not None:
             manifest.record(request.symbol, request.year, product.name, entry)

@@ -21,7 +21,7 @@ from backend.jobs.plan import Product, TimeRange, format_ns
 
 if TYPE_CHECKING:
     from backend.jobs.chunks import Part
-    from backend.jobs.ingest import IngestRequest
+    from backend.jobs.request import IngestRequest
 
 MANIFEST_FORMAT = 1
 TOOL_PACKAGE = "bento-ingest"

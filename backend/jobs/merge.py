@@ -15,7 +15,7 @@ from backend.jobs.client import STYPE_IN, STYPE_OUT, RangeRequest
 from backend.jobs.dbnfile import HashingWriter, compress_frame
 from backend.jobs.plan import TimeRange
 
-COPY_SIZE = 1 << 20
+COPY_SIZE = 1 << 18
 
 
 @dataclass(frozen=True)
