@@ -75,7 +75,8 @@ def run_ingest(
             for result in fetched:
                 results[result.product.name] = result
                 result.log(request)
-    logger.info("cache folder: {}", folder.path)
+    if not request.dry_run:
+        logger.info("cache folder: {}", folder.path)
     return IngestReport([results[p.name] for p in request.products if p.name in results], plans)
 
 
