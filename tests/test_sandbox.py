@@ -744,3 +744,36 @@ def test_cli_serve_writes_state_and_stops_on_sigterm(tmp_path):
     assert process.returncode == 0
     assert address in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_frame_cache_prewarmed_year_decodes_like_a_live_single_frame_stream(tmp_path, monkeypatch):
+    """The benchmark's prebuilt stand-in serves the same DBN stream, only cheaper to produce."""
+    live = SandboxGateway(records_per_day=50, available_end=datetime(2025, 1, 1, tzinfo=UTC))
+    cached = SandboxGateway(
+        records_per_day=50,
+        available_end=datetime(2025, 1, 1, tzinfo=UTC),
+        frames="per_day",
+        frame_cache_mb=64,
+    )
+    assert cached.prewarm("XNAS.ITCH", "AAPL", "trades", 2023) > 0
+    bodies = []
+    with live, cached:
+        for gateway in (live, cached):
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(gateway.ca_path))
+            path = tmp_path / f"{len(bodies)}.dbn.zst"
+            client = databento.Historical(key="db-" + "x" * 29, gateway=gateway.gateway)
+            store = client.timeseries.get_range(
+                dataset="XNAS.ITCH",
+                symbols=["AAPL"],
+                schema="trades",
+                start="2023-03-01",
+                end="2023-04-01",
+                path=path,
+            )
+            store.reader.close()
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                path.read_bytes(), read_across_frames=True
+            )
+            bodies.append(reader.read())
+    assert bodies[0] == bodies[1]
+    assert len(bodies[0]) > 50 * 20 * 48

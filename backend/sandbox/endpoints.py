@@ -18,9 +18,9 @@ from backend.sandbox.catalog import (
     RECORD_SIZE,
     Resolution,
 )
-from backend.sandbox.dbnstream import encode_body, encode_metadata
+from backend.sandbox.dbnstream import encode_body, encode_cached_days, encode_metadata
 from backend.sandbox.fixtures import Fixture, fixture_key
-from backend.sandbox.records import count_records, iter_range_records
+from backend.sandbox.records import count_records, iter_range_days, iter_range_records
 from backend.sandbox.timestamps import (
     NS_PER_DAY,
     ceil_date,
@@ -322,7 +322,19 @@ def get_range(gw: SandboxGateway, call: ApiCall) -> Response:
         not_found=resolution.not_found,
         mappings=resolution.mappings,
     )
-    days = iter_range_records(
+    cacheable = gw.frames == "per_day" and query.limit is None and compression == "zstd"
+    if gw.frame_cache is not None and cacheable:
+        days = iter_range_days(
+            query.dataset,
+            query.schema,
+            resolution.mappings,
+            start_ns=query.start_ns,
+            end_ns=query.end_ns,
+            records_per_day=gw.records_per_day,
+        )
+        body = encode_cached_days(metadata, days, gw.frame_cache, gw.compression_level)
+        return StreamResponse(body, headers=headers)
+    records = iter_range_records(
         query.dataset,
         query.schema,
         resolution.mappings,
@@ -333,11 +345,10 @@ def get_range(gw: SandboxGateway, call: ApiCall) -> Response:
     )
     body = encode_body(
         metadata,
-        days,
+        records,
         compression="zstd" if compression == "zstd" else "none",
         frames=gw.frames,
         level=gw.compression_level,
-        frame_cache=gw.frame_cache,
     )
     return StreamResponse(body, headers=headers)
 

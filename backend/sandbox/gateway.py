@@ -16,10 +16,10 @@ from typing import Any, Literal
 import trustme
 
 from backend.sandbox.catalog import DATASETS, SymbolCatalog, default_catalog
-from backend.sandbox.dbnstream import FrameCache, encode_body
+from backend.sandbox.dbnstream import FrameCache, encode_cached_days
 from backend.sandbox.faults import Fault, FaultBook
 from backend.sandbox.fixtures import Fixture, FixtureKey, load_fixture
-from backend.sandbox.records import iter_range_records
+from backend.sandbox.records import iter_range_days
 from backend.sandbox.server import SandboxHttpServer
 from backend.sandbox.timestamps import to_ns, today_midnight_ns
 
@@ -212,7 +212,7 @@ class SandboxGateway:
             raise ValueError("prewarm needs frames='per_day' and frame_cache_mb > 0")
         start, end = date(year, 1, 1), date(year + 1, 1, 1)
         resolution = self.catalog.resolve(dataset, [symbol], start, end)
-        days = iter_range_records(
+        days = iter_range_days(
             dataset,
             schema,
             resolution.mappings,
@@ -220,9 +220,7 @@ class SandboxGateway:
             end_ns=to_ns(end),
             records_per_day=self.records_per_day,
         )
-        body = encode_body(
-            b"", days, frames="per_day", level=self.compression_level, frame_cache=self.frame_cache
-        )
+        body = encode_cached_days(b"", days, self.frame_cache, self.compression_level)
         return sum(len(piece) for piece in body)
 
     def set_dataset_range(

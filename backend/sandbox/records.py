@@ -11,7 +11,7 @@ import functools
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, timedelta
 
 import numpy as np
@@ -387,26 +387,79 @@ def iter_range_records(
 ) -> Iterator[np.ndarray]:
     """Per day, the records of all mapped symbols in [start_ns, end_ns), merged by ts_recv."""
     remaining = limit
-    for day in _days(ns_to_date(start_ns), ceil_date(end_ns)):
-        if not is_trading_day(day):
+    for _, build in iter_range_days(
+        dataset, schema, mappings, start_ns=start_ns, end_ns=end_ns, records_per_day=records_per_day
+    ):
+        records = build()
+        if not len(records):
             continue
-        parts = []
-        for symbol, instrument_id in _listed_on(mappings, day):
-            records = generate_day(
-                dataset, symbol, schema, day, records_per_day, instrument_id=instrument_id
-            )
-            window = records[_day_slice(records["ts_recv"], day, start_ns, end_ns)]
-            if len(window):
-                parts.append(window)
-        if not parts:
-            continue
-        records = parts[0] if len(parts) == 1 else _merge_by_ts_recv(parts)
         if remaining is not None:
             records = records[:remaining]
             remaining -= len(records)
         yield records
         if remaining == 0:
             return
+
+
+DayKey = tuple[str, str, str, date, int, int]
+
+
+def iter_range_days(
+    dataset: str,
+    schema: str,
+    mappings: dict[str, list[SymbolInterval]],
+    *,
+    start_ns: int,
+    end_ns: int,
+    records_per_day: int,
+) -> Iterator[tuple[DayKey | None, Callable[[], np.ndarray]]]:
+    """Per trading day, a function building its records in [start_ns, end_ns), and a key naming
+    them when they are one symbol's whole day (so a cache can skip building them)."""
+    for day in _days(ns_to_date(start_ns), ceil_date(end_ns)):
+        if not is_trading_day(day):
+            continue
+        listed = list(_listed_on(mappings, day))
+        day_ns = date_to_ns(day)
+        whole = start_ns <= day_ns + SESSION_OPEN_NS and day_ns + SESSION_CLOSE_NS <= end_ns
+        key = None
+        if whole and len(listed) == 1:
+            symbol, instrument_id = listed[0]
+            key = (dataset, symbol, schema, day, records_per_day, instrument_id)
+        yield (
+            key,
+            functools.partial(
+                _day_records,
+                dataset,
+                schema,
+                listed,
+                day=day,
+                span=(start_ns, end_ns),
+                records_per_day=records_per_day,
+            ),
+        )
+
+
+def _day_records(
+    dataset: str,
+    schema: str,
+    listed: list[tuple[str, int]],
+    *,
+    day: date,
+    span: tuple[int, int],
+    records_per_day: int,
+) -> np.ndarray:
+    start_ns, end_ns = span
+    parts = []
+    for symbol, instrument_id in listed:
+        records = generate_day(
+            dataset, symbol, schema, day, records_per_day, instrument_id=instrument_id
+        )
+        window = records[_day_slice(records["ts_recv"], day, start_ns, end_ns)]
+        if len(window):
+            parts.append(window)
+    if not parts:
+        return np.empty(0, dtype=RECORD_DTYPES[schema])
+    return parts[0] if len(parts) == 1 else _merge_by_ts_recv(parts)
 
 
 def _listed_on(mappings: dict[str, list[SymbolInterval]], day: date) -> Iterator[tuple[str, int]]:
