@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import errno
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,9 +103,10 @@ class DatabentoClient:
         params = request.params()
         params.pop("stype_out")
         what = f"estimate for {request.schema} {request.span}"
-        size = self._call(self._sdk.metadata.get_billable_size, what, **params)
-        cost = self._call(self._sdk.metadata.get_cost, what, **params)
-        return int(size), float(cost)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="estimate") as pool:
+            size = pool.submit(self._call, self._sdk.metadata.get_billable_size, what, **params)
+            cost = pool.submit(self._call, self._sdk.metadata.get_cost, what, **params)
+            return int(size.result()), float(cost.result())
 
     def _call(self, method: Any, what: str, *args: Any, **kwargs: Any) -> Any:
         try:

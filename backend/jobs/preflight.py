@@ -74,9 +74,10 @@ def plan_product(
         )
     if covered != span:
         logger.warning(
-            "{} resolves in {} only from {} to {} of {}; fetching that part (partial year)",
-            symbol,
+            "{} {}: {} resolves only from {} to {} of {}; fetching that part (partial year)",
+            product.name,
             dataset,
+            symbol,
             covered.start[:10],
             covered.end[:10],
             year,
