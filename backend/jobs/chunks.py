@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -62,32 +63,33 @@ class GrowingFile:
     """Reads a file that another thread is still writing: end of file only once it is done.
 
     Checking a part while it streams in means a worker is free for its next chunk as soon as
-    the last byte lands, instead of decoding the whole part after the download.
+    the last byte lands, instead of decoding the whole part after the download. The reader
+    stays a few MiB behind the writer, so it wakes up rarely and decodes in large pieces.
     """
 
-    POLL_S = 0.02
+    POLL_S = 0.05
+    LAG_BYTES = 4 << 20
 
     def __init__(self, path: Path, done: threading.Event) -> None:
         self.name = path.name
         self._path = path
         self._done = done
         self._handle: BinaryIO | None = None
+        self._position = 0
 
     def read(self, size: int) -> bytes:
-        """Up to `size` bytes; waits for a full read unless the writer is done (fewer, larger
-        pieces to decode than the 8 KiB steps the file grows by)."""
-        pieces: list[bytes] = []
-        wanted = size
         while True:
-            finished = self._done.is_set()  # read before reading, so no byte is missed
+            finished = self._done.is_set()  # checked before reading, so no byte is missed
             if self._handle is None and self._path.exists():
                 self._handle = self._path.open("rb")
-            data = self._handle.read(wanted) if self._handle is not None else b""
-            if data:
-                pieces.append(data)
-                wanted -= len(data)
-            if not wanted or finished:
-                return b"".join(pieces)
+            if self._handle is not None:
+                ahead = os.fstat(self._handle.fileno()).st_size - self._position
+                if finished or ahead >= max(size, self.LAG_BYTES):
+                    data = self._handle.read(size)
+                    self._position += len(data)
+                    return data
+            elif finished:
+                return b""
             self._done.wait(self.POLL_S)
 
     def close(self) -> None:
