@@ -64,11 +64,11 @@ class GrowingFile:
 
     Checking a part while it streams in means a worker is free for its next chunk as soon as
     the last byte lands, instead of decoding the whole part after the download. The reader
-    stays a few MiB behind the writer, so it wakes up rarely and decodes in large pieces.
+    stays a little behind the writer, so it wakes up rarely and decodes in larger pieces.
     """
 
-    POLL_S = 0.05
-    LAG_BYTES = 4 << 20
+    POLL_S = 0.02
+    LAG_BYTES = 1 << 18
 
     def __init__(self, path: Path, done: threading.Event) -> None:
         self.name = path.name
