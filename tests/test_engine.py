@@ -19,6 +19,7 @@ from backend.sandbox import Fault, expected_records
 from tests.helpers import completions, leftovers, year_folder
 
 MARCH = "2023-03-01"
+AAPL_TRADES_2023 = ("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
 
 
 def starts(gateway) -> collections.Counter[str]:
@@ -59,20 +60,10 @@ def decompressed(path: Path) -> bytes:
 
 def test_stream_cut_in_one_chunk_refetches_only_that_chunk(gateway, cli, data_dir, tmp_path):
     """A cut stream costs one chunk, not the year; the result equals an uninterrupted run."""
-    cli(
-        "data",
-        "--symbol",
-        "AAPL",
-        "--year",
-        "2023",
-        "--products",
-        "trades",
-        "--data-dir",
-        str(tmp_path / "reference"),
-    )
+    cli(*AAPL_TRADES_2023, "--data-dir", str(tmp_path / "reference"))
     gateway.reset()
     gateway.add_fault(march_fault(cut_after_bytes=120, times=1))
-    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    result = cli(*AAPL_TRADES_2023)
     assert result.exit_code == 0, result.output
     counts = starts(gateway)
     assert counts.pop(MARCH) == 2
@@ -85,7 +76,7 @@ def test_stream_cut_in_one_chunk_refetches_only_that_chunk(gateway, cli, data_di
 def test_server_errors_are_retried_with_a_log_line_each(gateway, cli, data_dir):
     """503 twice then success: the run succeeds and says why it retried."""
     gateway.add_fault(march_fault(status=503, times=2))
-    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    result = cli(*AAPL_TRADES_2023)
     assert result.exit_code == 0, result.output
     retries = [line for line in result.stdout.splitlines() if "retry" in line and "503" in line]
     assert len(retries) == 2
@@ -96,7 +87,7 @@ def test_rate_limit_waits_for_retry_after(gateway, cli, data_dir):
     """429 with Retry-After: 1 is honoured before the chunk is asked for again."""
     gateway.add_fault(march_fault(status=429, retry_after=1, times=1))
     began = time.monotonic()
-    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    result = cli(*AAPL_TRADES_2023)
     assert result.exit_code == 0, result.output
     assert time.monotonic() - began >= 1.0
     assert starts(gateway)[MARCH] == 2
@@ -113,7 +104,7 @@ def test_rate_limit_waits_for_retry_after(gateway, cli, data_dir):
 def test_client_errors_are_never_retried(gateway, cli, data_dir, status, detail, code):
     """401/402/422 will not change on a retry: one request, then the documented exit code."""
     gateway.add_fault(march_fault(status=status, detail=detail, times=1))
-    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    result = cli(*AAPL_TRADES_2023)
     assert result.exit_code == code, result.output
     assert starts(gateway)[MARCH] == 1
     assert not (year_folder(data_dir) / "TRADES.dbn.zst").exists()
@@ -138,11 +129,11 @@ def test_merged_file_equals_a_single_full_year_request(
 
 def test_truncated_final_file_is_detected_and_downloaded_again(gateway, cli, data_dir):
     """A final file whose size disagrees with the manifest is never taken for a cache hit."""
-    cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    cli(*AAPL_TRADES_2023)
     final = year_folder(data_dir) / "TRADES.dbn.zst"
     good = final.read_bytes()
     final.write_bytes(good[: len(good) // 2])
-    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    result = cli(*AAPL_TRADES_2023)
     assert result.exit_code == 0
     assert "re-downloading" in result.stdout
     assert final.read_bytes() == good
@@ -150,13 +141,13 @@ def test_truncated_final_file_is_detected_and_downloaded_again(gateway, cli, dat
 
 def test_corrupted_byte_is_caught_by_verify_and_downloaded_again(gateway, cli, data_dir):
     """Same size, one byte flipped: --verify re-hashes, reports it and fetches it again."""
-    cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    cli(*AAPL_TRADES_2023)
     final = year_folder(data_dir) / "TRADES.dbn.zst"
     good = bytearray(final.read_bytes())
     bad = good.copy()
     bad[len(bad) // 2] ^= 0xFF
     final.write_bytes(bad)
-    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades", "--verify")
+    result = cli(*AAPL_TRADES_2023, "--verify")
     assert result.exit_code == 0
     assert "sha256" in result.stdout
     assert final.read_bytes() == good
@@ -164,10 +155,10 @@ def test_corrupted_byte_is_caught_by_verify_and_downloaded_again(gateway, cli, d
 
 def test_file_without_manifest_is_adopted_without_downloading(gateway, cli, data_dir):
     """A file cached by the foundation version (no manifest) is validated and adopted."""
-    cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    cli(*AAPL_TRADES_2023)
     (year_folder(data_dir) / "manifest.json").unlink()
     gateway.reset()
-    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    result = cli(*AAPL_TRADES_2023)
     assert result.exit_code == 0
     assert gateway.count("timeseries.get_range") == 0
     assert "adopted" in result.stdout
@@ -179,7 +170,7 @@ def test_manifest_describes_file_request_and_chunks(gateway, cli, data_dir):
     import hashlib
     import json
 
-    cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    cli(*AAPL_TRADES_2023)
     manifest = json.loads((year_folder(data_dir) / "manifest.json").read_text())
     entry = manifest["products"]["TRADES"]
     final = year_folder(data_dir) / "TRADES.dbn.zst"
@@ -235,13 +226,7 @@ def cli_process(slow, data_dir: Path, *extra: str) -> subprocess.Popen[str]:
             sys.executable,
             "-m",
             "backend.jobs.cli",
-            "data",
-            "--symbol",
-            "AAPL",
-            "--year",
-            "2023",
-            "--products",
-            "trades",
+            *AAPL_TRADES_2023,
             "--jobs",
             "2",
             "--data-dir",

@@ -322,27 +322,18 @@ def get_range(gw: SandboxGateway, call: ApiCall) -> Response:
         not_found=resolution.not_found,
         mappings=resolution.mappings,
     )
+    selection = (query.dataset, query.schema, resolution.mappings)
+    window = {
+        "start_ns": query.start_ns,
+        "end_ns": query.end_ns,
+        "records_per_day": gw.records_per_day,
+    }
     cacheable = gw.frames == "per_day" and query.limit is None and compression == "zstd"
     if gw.frame_cache is not None and cacheable:
-        days = iter_range_days(
-            query.dataset,
-            query.schema,
-            resolution.mappings,
-            start_ns=query.start_ns,
-            end_ns=query.end_ns,
-            records_per_day=gw.records_per_day,
-        )
+        days = iter_range_days(*selection, **window)
         body = encode_cached_days(metadata, days, gw.frame_cache, gw.compression_level)
         return StreamResponse(body, headers=headers)
-    records = iter_range_records(
-        query.dataset,
-        query.schema,
-        resolution.mappings,
-        start_ns=query.start_ns,
-        end_ns=query.end_ns,
-        records_per_day=gw.records_per_day,
-        limit=query.limit,
-    )
+    records = iter_range_records(*selection, **window, limit=query.limit)
     body = encode_body(
         metadata,
         records,
