@@ -121,8 +121,8 @@ def download_and_check(
     growing = GrowingFile(served, done)
     try:
         summary = check_part(growing, request, record_size, recode_to=recode_to)
-    except CorruptFileError:
-        fetcher.join()
+    except BaseException:
+        fetcher.join()  # never leave the SDK writing a file that is about to be deleted
         if failure:  # a broken download explains a broken part better than the part does
             raise failure[0] from None
         raise
