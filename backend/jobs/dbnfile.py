@@ -42,14 +42,16 @@ class Readable(Protocol):
 class HashingReader:
     """Reads a binary file while hashing and counting the compressed bytes."""
 
-    def __init__(self, handle: Readable) -> None:
+    def __init__(self, handle: Readable, *, hashing: bool = True) -> None:
         self._handle = handle
+        self._hashing = hashing
         self.sha256 = hashlib.sha256()
         self.bytes = 0
 
     def read(self, size: int) -> bytes:
         data = self._handle.read(size)
-        self.sha256.update(data)
+        if self._hashing:
+            self.sha256.update(data)
         self.bytes += len(data)
         return data
 
@@ -217,7 +219,7 @@ def scan(
             name, handle = path.name, stack.enter_context(path.open("rb"))
         else:
             name, handle = path.name, path
-        source = HashingReader(handle)
+        source = HashingReader(handle, hashing=recode_to is None)  # else the copy is hashed
         reader = DbnReader(decompressed_chunks(source, name), name)
         metadata, raw = reader.metadata()
         end_ns = metadata.end if metadata.end is not None else 2**63 - 1
