@@ -24,3 +24,9 @@ def year_folder(data_dir: Path, symbol: str = "AAPL", year: int = 2023) -> Path:
 
 def leftovers(data_dir: Path) -> list[Path]:
     return [path for path in data_dir.rglob("*") if path.name.endswith(".tmp")]
+
+
+def written_files(data_dir: Path) -> list[Path]:
+    """Every file a run left under `data_dir`, except the empty lock files of `.locks/`."""
+    locks = data_dir / "raw" / "databento" / ".locks"
+    return [p for p in data_dir.rglob("*") if p.is_file() and locks not in p.parents]

@@ -11,7 +11,14 @@ import databento
 import pytest
 
 from backend.sandbox import expected_records
-from tests.helpers import FIXTURES, YEAR_2023, completions, leftovers, year_folder
+from tests.helpers import (
+    FIXTURES,
+    YEAR_2023,
+    completions,
+    leftovers,
+    written_files,
+    year_folder,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,7 +160,7 @@ def test_data_bad_input_exits_with_one_clear_line_and_writes_nothing(
     assert error_lines, result.output
     assert says.lower() in result.stderr.lower()
     assert "Traceback" not in result.output
-    assert not [p for p in data_dir.rglob("*") if p.is_file()]
+    assert not written_files(data_dir)
     assert gateway.count("timeseries.get_range") == 0
 
 

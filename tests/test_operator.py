@@ -20,7 +20,7 @@ import pexpect
 import pytest
 
 from backend.sandbox import expected_records
-from tests.helpers import completions, year_folder
+from tests.helpers import completions, written_files, year_folder
 
 REPO = Path(__file__).resolve().parents[1]
 GET_RANGE = "timeseries.get_range"
@@ -92,7 +92,7 @@ def ns(moment: datetime) -> int:
 
 
 def data_files(data_dir: Path) -> list[Path]:
-    return [path for path in data_dir.rglob("*") if path.is_file()]
+    return written_files(data_dir)
 
 
 # dry run
@@ -465,7 +465,7 @@ def cached(gateway, cli, data_dir) -> Path:
 def status_states(cli) -> dict[str, str]:
     result = cli("status")
     assert result.exit_code == 0, result.output
-    return {row[2]: row[-1] for row in table_rows(result.stdout)}
+    return {row[3]: row[-1] for row in table_rows(result.stdout)}
 
 
 def test_status_and_verify_healthy_cache_ok(cached, cli, gateway):
@@ -543,7 +543,7 @@ def test_status_symbol_and_year_filters_narrow_the_list(gateway, cli, data_dir):
     assert listed("--symbol", "AAPL", "--year", "2025") == [("AAPL", 2025)]
     assert listed("--symbol", "NVDA") == []
     text = cli("status", "--symbol", "MSFT", "--year", "2025").stdout
-    assert [row[:3] for row in table_rows(text)] == [["MSFT", "2025", "TRADES"]]
+    assert [row[:4] for row in table_rows(text)] == [["XNAS.ITCH", "MSFT", "2025", "TRADES"]]
 
 
 def test_verify_symbol_filter_skips_other_damaged_symbols(gateway, cli, data_dir):

@@ -21,6 +21,7 @@ import pytest
 import requests
 import zstandard
 from databento.common.error import BentoWarning
+from databento.common.http import BentoHttpAPI
 from databento.common.symbology import InstrumentMap
 from databento_dbn import Action, BidAskPair, MBP1Msg, Side, TradeMsg
 
@@ -332,6 +333,87 @@ def test_get_range_symbol_not_yet_listed_returns_422(client):
     assert excinfo.value.json_body["detail"]["case"] == "symbology_invalid_request"
 
 
+def range_counts(client: databento.Historical, **kwargs: object) -> list[int | float]:
+    """metadata.get_record_count, get_billable_size and get_cost of one AAPL trades range."""
+    params: dict[str, object] = {"dataset": "XNAS.ITCH", "schema": "trades", "symbols": "AAPL"}
+    params.update(kwargs)
+    return [
+        client.metadata.get_record_count(**params),
+        client.metadata.get_billable_size(**params),
+        client.metadata.get_cost(**params),
+    ]
+
+
+def test_no_session_range_is_an_empty_stream_by_default(client, gateway):
+    """A Sunday-only range streams a header with the mapping and no records; counts are 0."""
+    assert gateway.no_session_answer == "empty"
+    store = get_range(client, start="2023-01-01", end="2023-01-02")
+    assert list(store) == []
+    assert [i["symbol"] for i in store.mappings["AAPL"]] == ["38"]
+    assert range_counts(client, start="2023-01-01", end="2023-01-02") == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [("2023-01-01", "2023-01-02"), ("2022-12-31", "2023-01-02"), ("2023-01-01T14:00", None)],
+)
+def test_no_session_answer_422_refuses_range_without_session_day(client, gateway, start, end):
+    """With no_session_answer="422" a weekend-only range is 422 symbology_invalid_request,
+    for get_range and for the metadata endpoints that share its validation."""
+    gateway.no_session_answer = "422"
+    calls = [
+        lambda: get_range(client, start=start, end=end),
+        lambda: client.metadata.get_record_count(
+            "XNAS.ITCH", start=start, end=end, symbols="AAPL", schema="trades"
+        ),
+        lambda: client.metadata.get_billable_size(
+            "XNAS.ITCH", start=start, end=end, symbols="AAPL", schema="trades"
+        ),
+        lambda: client.metadata.get_cost(
+            "XNAS.ITCH", start=start, end=end, symbols="AAPL", schema="trades"
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(databento.BentoClientError) as excinfo:
+            call()
+        assert excinfo.value.http_status == 422
+        detail = excinfo.value.json_body["detail"]
+        assert detail["case"] == "symbology_invalid_request"
+        assert detail["message"] == "None of the symbols could be resolved"
+        assert detail["payload"]["symbols"] == ["AAPL"]
+
+
+def test_no_session_answer_422_still_streams_ranges_with_a_weekday(client, gateway):
+    """A range touching a weekday streams its records; a weekday outside hours is just empty."""
+    gateway.no_session_answer = "422"
+    assert len(list(get_range(client, start="2022-12-31", end="2023-01-04"))) == 2 * 20
+    assert range_counts(client, start="2022-12-31", end="2023-01-04")[0] == 2 * 20
+    assert list(get_range(client, start="2023-01-02T00:00", end="2023-01-02T01:00")) == []
+
+
+def test_no_session_answer_422_needs_a_session_day_for_the_requested_symbols(client, gateway):
+    """A symbol listed only over a weekend has no session day even in a Friday-Monday range."""
+    gateway.add_symbol("WKND", [(date(2023, 1, 7), date(2023, 1, 9), 77)])
+    params = {"symbols": "WKND", "start": "2023-01-06", "end": "2023-01-10"}
+    assert list(get_range(client, **params)) == []
+    gateway.no_session_answer = "422"
+    with pytest.raises(databento.BentoClientError) as excinfo:
+        get_range(client, **params)
+    assert excinfo.value.json_body["detail"]["case"] == "symbology_invalid_request"
+    records = list(get_range(client, symbols="WKND,AAPL", start="2023-01-06", end="2023-01-10"))
+    assert {r.instrument_id for r in records} == {38}
+
+
+def test_no_session_answer_is_a_constructor_setting_restored_by_reset():
+    """no_session_answer is set at construction, restored by reset() and validated."""
+    gateway = SandboxGateway(no_session_answer="422")
+    gateway.no_session_answer = "empty"
+    gateway.reset()
+    assert gateway.no_session_answer == "422"
+    with pytest.raises(ValueError, match="no_session_answer"):
+        SandboxGateway(no_session_answer="404")  # type: ignore[arg-type]
+
+
 def test_get_range_unknown_dataset_returns_422_validation_list(client):
     """An unknown dataset fails FastAPI-style validation on the form field."""
     with pytest.raises(databento.BentoClientError) as excinfo:
@@ -486,6 +568,148 @@ def test_fault_without_effect_is_rejected():
         Fault()
 
 
+def test_fault_stall_fields_are_validated():
+    """stall_after_bytes needs a positive stall_s and the other way round."""
+    with pytest.raises(ValueError, match="go together"):
+        Fault(stall_after_bytes=10)
+    with pytest.raises(ValueError, match="go together"):
+        Fault(status=500, stall_s=1.0)
+    with pytest.raises(ValueError, match="stall_after_bytes must be >= 0"):
+        Fault(stall_after_bytes=-1, stall_s=1.0)
+    assert Fault(stall_after_bytes=0, stall_s=1.0).stall_after_bytes == 0
+
+
+def test_fault_429_long_retry_after_arrives_verbatim(client, gateway):
+    """A day-long Retry-After on a get_range 429 reaches the SDK exception unchanged."""
+    gateway.add_fault(Fault(status=429, retry_after=86400))
+    gateway.add_fault(Fault(endpoint="symbology.resolve", status=429, retry_after=86400.0))
+    with pytest.raises(databento.BentoClientError) as excinfo:
+        get_range(client, start="2023-01-03")
+    assert excinfo.value.http_status == 429
+    assert excinfo.value.headers["Retry-After"] == "86400"
+    with pytest.raises(databento.BentoClientError) as excinfo:
+        client.symbology.resolve(
+            "XNAS.ITCH", ["AAPL"], "raw_symbol", "instrument_id", "2023-01-03", "2023-01-04"
+        )
+    assert excinfo.value.headers["Retry-After"] == "86400"
+
+
+METADATA_CALLS = {
+    "metadata.get_dataset_range": lambda c: c.metadata.get_dataset_range("XNAS.ITCH"),
+    "symbology.resolve": lambda c: c.symbology.resolve(
+        "XNAS.ITCH", ["AAPL"], "raw_symbol", "instrument_id", "2023-01-03", "2023-01-04"
+    ),
+    "metadata.get_cost": lambda c: c.metadata.get_cost(
+        "XNAS.ITCH", start="2023-01-03", symbols="AAPL", schema="trades"
+    ),
+    "metadata.get_billable_size": lambda c: c.metadata.get_billable_size(
+        "XNAS.ITCH", start="2023-01-03", symbols="AAPL", schema="trades"
+    ),
+}
+
+
+@pytest.mark.parametrize("endpoint", list(METADATA_CALLS))
+def test_fault_status_hits_metadata_endpoints(client, gateway, endpoint):
+    """Status faults apply to the metadata and symbology endpoints, then are used up."""
+    call = METADATA_CALLS[endpoint]
+    gateway.add_fault(Fault(endpoint=endpoint, status=503))
+    with pytest.raises(databento.BentoServerError) as excinfo:
+        call(client)
+    assert excinfo.value.http_status == 503
+    assert call(client) is not None
+    assert gateway.count(endpoint) == 2
+
+
+@pytest.mark.parametrize("endpoint", list(METADATA_CALLS))
+def test_fault_delay_stalls_first_byte_of_metadata_endpoints(
+    client, gateway, monkeypatch, endpoint
+):
+    """delay_s holds back the whole answer: a short client read timeout fires, a long one
+    just waits."""
+    call = METADATA_CALLS[endpoint]
+    monkeypatch.setattr(BentoHttpAPI, "TIMEOUT", 0.3)
+    gateway.add_fault(Fault(endpoint=endpoint, delay_s=60))
+    started = time.perf_counter()
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        call(client)
+    assert time.perf_counter() - started < 5
+    monkeypatch.setattr(BentoHttpAPI, "TIMEOUT", 10)
+    gateway.add_fault(Fault(endpoint=endpoint, delay_s=0.5))
+    started = time.perf_counter()
+    assert call(client) is not None
+    assert time.perf_counter() - started >= 0.5
+
+
+def test_fault_stall_after_bytes_times_out_mid_stream(client, gateway, monkeypatch, tmp_path):
+    """A mid-body stall longer than the read timeout breaks the stream after exactly the bytes
+    sent before it."""
+    monkeypatch.setattr(BentoHttpAPI, "TIMEOUT", 0.5)
+    gateway.add_fault(Fault(stall_after_bytes=1000, stall_s=60))
+    target = tmp_path / "stalled.dbn.zst"
+    started = time.perf_counter()
+    with (
+        abandoned_files_closed_quietly(),
+        pytest.raises(databento.BentoError, match="Read timed out"),
+    ):
+        get_range(client, start="2023-01-01", end="2024-01-01", path=target)
+    assert time.perf_counter() - started < 5
+    assert target.stat().st_size == 1000
+    assert len(list(get_range(client, start="2023-01-03"))) == 20
+
+
+def test_fault_short_stall_after_bytes_then_body_completes(client, gateway):
+    """A stall shorter than the read timeout only delays the body, which then completes."""
+    gateway.add_fault(Fault(stall_after_bytes=200, stall_s=0.5))
+    started = time.perf_counter()
+    records = list(get_range(client, start="2023-01-02", end="2023-01-07"))
+    assert time.perf_counter() - started >= 0.5
+    assert len(records) == 5 * 20
+
+
+@pytest.mark.parametrize("release", ["reset", "stop"])
+@pytest.mark.parametrize(
+    "fault",
+    [Fault(delay_s=60), Fault(stall_after_bytes=100, stall_s=60)],
+    ids=["delay_s", "stall_after_bytes"],
+)
+def test_fault_stall_ends_on_reset_or_stop(fault, release):
+    """reset() and stop() end a stall in progress: the waiting client is dropped at once."""
+    gateway = SandboxGateway().start()
+    gateway.add_fault(fault)
+    outcome: list[object] = []
+
+    def fetch() -> None:
+        try:
+            with requests.post(
+                f"https://{gateway.gateway}/v0/timeseries.get_range",
+                data={"dataset": "XNAS.ITCH", "start": "2023-01-03", "encoding": "dbn"},
+                auth=("db-test", ""),
+                verify=str(gateway.ca_path),
+                stream=True,
+                timeout=30,
+            ) as response:
+                outcome.append(sum(len(chunk) for chunk in response.iter_content(64)))
+        except requests.RequestException as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=fetch)
+    try:
+        worker.start()
+        deadline = time.monotonic() + 5
+        while gateway.count("timeseries.get_range") == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # into the stall
+        assert not outcome
+        started = time.perf_counter()
+        getattr(gateway, release)()
+        worker.join(5)
+        assert time.perf_counter() - started < 2
+        assert not worker.is_alive()
+        assert isinstance(outcome[0], requests.RequestException)
+    finally:
+        gateway.stop()
+
+
 def test_metadata_cost_size_and_count_are_consistent(client, gateway):
     """billable size = count x record size; cost = size / 1e9 x price_per_gb."""
     gateway.price_per_gb = 2.5
@@ -557,6 +781,65 @@ def test_symbology_added_symbol_is_served(client, gateway):
     store = get_range(client, symbols="XYZ", start="2023-06-29", end="2023-07-04")
     assert [i["symbol"] for i in store.mappings["XYZ"]] == ["1234", "5678"]
     assert {r.instrument_id for r in store} == {1234, 5678}
+
+
+def resolve_aapl(client: databento.Historical, start_date: str, end_date: str) -> dict:
+    return client.symbology.resolve(
+        "XNAS.ITCH", ["AAPL"], "raw_symbol", "instrument_id", start_date, end_date
+    )
+
+
+@pytest.mark.parametrize(
+    ("start_date", "end_date", "case"),
+    [
+        ("2025-05-01", "2025-06-02", "data_end_after_available_end"),
+        ("2018-04-30", "2018-05-02", "data_start_before_available_start"),
+        ("2025-06-01", "2025-06-02", "data_start_after_available_end"),
+    ],
+)
+def test_symbology_resolve_outside_available_range_returns_422_case(
+    client, start_date, end_date, case
+):
+    """resolve refuses dates outside the dataset with get_range's case names and payload."""
+    with pytest.raises(databento.BentoClientError) as excinfo:
+        resolve_aapl(client, start_date, end_date)
+    error = excinfo.value
+    assert error.http_status == 422
+    detail = error.json_body["detail"]
+    assert detail["case"] == case
+    assert detail["status_code"] == 422
+    assert detail["payload"] == {
+        "dataset": "XNAS.ITCH",
+        "start": f"{start_date}T00:00:00.000000000Z",
+        "end": f"{end_date}T00:00:00.000000000Z",
+        "available_start": "2018-05-01T00:00:00.000000000Z",
+        "available_end": "2025-06-01T00:00:00.000000000Z",
+    }
+    field = "`end_date`" if case == "data_end_after_available_end" else "`start_date`"
+    assert field in detail["message"]
+
+
+def test_symbology_resolve_end_date_at_available_end_is_accepted(client):
+    """end_date is exclusive: the available end's own date is the last one accepted."""
+    result = resolve_aapl(client, "2025-05-30", "2025-06-01")
+    assert result["status"] == 0
+    assert result["result"]["AAPL"] == [{"d0": "2025-05-30", "d1": "2025-06-01", "s": "38"}]
+
+
+def test_symbology_resolve_mid_day_available_end_refuses_its_end_date(client, gateway):
+    """With data up to 12:00, end_date=that day is fine but the next day reaches past it."""
+    gateway.available_end = datetime(2025, 6, 1, 12, tzinfo=UTC)
+    assert resolve_aapl(client, "2025-05-30", "2025-06-01")["status"] == 0
+    for start_date, end_date, case in [
+        ("2025-05-30", "2025-06-02", "data_end_after_available_end"),
+        ("2025-06-01", "2025-06-02", "data_end_after_available_end"),
+        ("2025-06-02", "2025-06-03", "data_start_after_available_end"),
+    ]:
+        with pytest.raises(databento.BentoClientError) as excinfo:
+            resolve_aapl(client, start_date, end_date)
+        detail = excinfo.value.json_body["detail"]
+        assert detail["case"] == case
+        assert detail["payload"]["available_end"] == "2025-06-01T12:00:00.000000000Z"
 
 
 def test_records_layout_matches_databento_dbn_classes():

@@ -11,8 +11,10 @@ import zstandard
 
 from backend.jobs.chunks import RetryPolicy
 from backend.jobs.dbnfile import read_metadata, scan
+from backend.jobs.decision import Action, CacheKey, CacheState, OnDisk, decide
 from backend.jobs.errors import CorruptFileError, InvalidInputError
-from backend.jobs.manifest import CacheState, cache_state
+from backend.jobs.logs import secret_pattern
+from backend.jobs.manifest import ManifestEntry, RecordedRequest, parse_manifest
 from backend.jobs.merge import coalesce
 from backend.jobs.settings import Secret, Settings, normalize_gateway
 from tests.helpers import FIXTURES
@@ -46,37 +48,150 @@ def test_settings_from_env_reads_key_gateway_and_data_dir(tmp_path):
     settings = Settings.from_env(env, data_dir=tmp_path)
     assert settings.api_key is not None
     assert settings.api_key.reveal() == "db-secret"
-    assert settings.gateway == "https://127.0.0.1:1"
+    assert settings.gateway_url() == "https://127.0.0.1:1"
     assert settings.data_dir == tmp_path
+
+
+@pytest.mark.parametrize("flag", ["", "  ", None])
+def test_settings_empty_data_dir_flag_means_the_environment_or_default(flag, tmp_path):
+    """`--data-dir ''` and `DATA_DIR=''` agree: both mean "not set"."""
+    assert Settings.from_env({"DATA_DIR": str(tmp_path)}, data_dir=flag).data_dir == tmp_path
+    assert Settings.from_env({"DATA_DIR": ""}, data_dir=flag).data_dir.name == "data"
+
+
+def test_settings_are_checked_only_when_used():
+    """A bad gateway or budget does not fail commands (or cached runs) that never use them."""
+    settings = Settings.from_env({"DATABENTO_GATEWAY": "::bad", "DATABENTO_MAX_COST": "x"})
+    with pytest.raises(InvalidInputError, match="gateway"):
+        settings.gateway_url()
+    with pytest.raises(InvalidInputError, match="DATABENTO_MAX_COST"):
+        settings.budget()
+
+
+@pytest.mark.parametrize(
+    "gateway",
+    ["db-" + "A" * 29, "DB-" + "abc123XYZ" * 3 + "ab", "https://db-" + "x" * 29 + ":443"],
+)
+def test_gateway_that_looks_like_an_api_key_is_refused_without_echoing_it(gateway):
+    """An easy slip (`--gateway "$DATABENTO_API_KEY"`) must not leave the machine or the log."""
+    with pytest.raises(InvalidInputError, match="looks like an API key") as caught:
+        normalize_gateway(gateway)
+    assert gateway[3:20].lower() not in str(caught.value).lower()
+
+
+def test_gateway_containing_the_configured_key_in_another_case_is_refused():
+    """The configured key, even upper-cased, is never taken for a host name."""
+    with pytest.raises(InvalidInputError, match="looks like an API key"):
+        normalize_gateway("host-DB-SECRETKEY:1", key="db-secretkey")
+
+
+def test_secret_pattern_masks_any_case_and_the_basic_auth_header():
+    """The key can reach a message lower-cased (a URL host) or as base64 (an HTTP header)."""
+    import base64
+
+    key = "db-AbCdEfGhIjKlMnOpQrStUvWxYz123"
+    pattern = secret_pattern([key])
+    basic = base64.b64encode(f"{key}:".encode()).decode()
+    text = f"host {key.lower()} / {key.upper()} / Authorization: Basic {basic}"
+    masked = pattern.sub("***", text)
+    assert key.lower() not in masked.lower()
+    assert basic.rstrip("=") not in masked
 
 
 def test_secret_never_shows_its_value():
     """repr/str of settings end up in tracebacks and logs."""
     secret = Secret("db-verysecret")
     assert "verysecret" not in repr(secret)
-    assert "verysecret" not in str(Settings(secret, None, Path(), None))
+    assert "verysecret" not in str(Settings(secret, Path()))
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf", "-inf"])
 def test_settings_rejects_a_bad_max_cost(value):
-    """A budget that is not a non-negative number is an input error, not 'no budget'."""
+    """A budget that is not a finite non-negative number is an input error, not 'no budget'."""
     with pytest.raises(InvalidInputError, match="DATABENTO_MAX_COST"):
-        Settings.from_env({"DATABENTO_MAX_COST": value})
+        Settings.from_env({"DATABENTO_MAX_COST": value}).budget()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.5])
+def test_settings_rejects_a_bad_max_cost_flag(value):
+    """`--max-cost nan` must not switch the budget off."""
+    with pytest.raises(InvalidInputError, match="--max-cost"):
+        Settings.from_env({}, max_cost=value).budget()
+
+
+def entry(dataset="XNAS.ITCH", schema="trades", symbol="AAPL", size=10, start="2023-01-01"):
+    request = RecordedRequest(
+        dataset, schema, (symbol,), "raw_symbol", "instrument_id", start, "2024-01-01", "month"
+    )
+    return ManifestEntry("TRADES.dbn.zst", size, "0" * 64, 1, None, None, request)
+
+
+KEY = CacheKey("XNAS.ITCH", "trades", "AAPL", 2023)
 
 
 @pytest.mark.parametrize(
-    ("size", "entry", "state"),
+    ("on_disk", "action", "state"),
     [
-        (None, None, CacheState.MISSING),
-        (0, {"bytes": 0}, CacheState.MISSING),
-        (10, None, CacheState.UNRECORDED),
-        (10, {"bytes": 11}, CacheState.SIZE_MISMATCH),
-        (10, {"bytes": 10}, CacheState.OK),
+        (OnDisk(None, False, None, None), Action.FETCH, CacheState.MISSING),
+        (OnDisk(0, False, entry(size=0), None), Action.FETCH, CacheState.MISSING),
+        (OnDisk(None, True, entry(), None), Action.FETCH, CacheState.NOT_A_FILE),
+        (OnDisk(10, False, None, None), Action.ADOPT, CacheState.UNRECORDED),
+        (OnDisk(10, False, None, "damaged manifest entry (x)"), Action.ADOPT, CacheState.DAMAGED),
+        (OnDisk(10, False, entry(size=11), None), Action.FETCH, CacheState.SIZE_MISMATCH),
+        (OnDisk(10, False, entry(), None), Action.SKIP, CacheState.OK),
+        (OnDisk(10, False, entry("XNYS.PILLAR"), None), Action.FETCH, CacheState.OTHER_REQUEST),
+        (OnDisk(10, False, entry(schema="tbbo"), None), Action.FETCH, CacheState.OTHER_REQUEST),
+        (OnDisk(10, False, entry(symbol="MSFT"), None), Action.FETCH, CacheState.OTHER_REQUEST),
+        (
+            OnDisk(10, False, entry(start="2022-06-01"), None),
+            Action.FETCH,
+            CacheState.OTHER_REQUEST,
+        ),
     ],
 )
-def test_cache_state_decides_from_size_and_manifest(size, entry, state):
-    """The skip rule is pure: file size against the manifest entry."""
-    assert cache_state(size, entry) is state
+def test_decide_is_a_pure_function_of_disk_and_request(on_disk, action, state):
+    """Skip only when the recorded request answers the asked one and the size matches."""
+    decision = decide(on_disk, KEY, force=False, verify=False)
+    assert (decision.action, decision.state) == (action, state)
+
+
+def test_decide_force_fetches_and_verify_rehashes_a_cached_file():
+    """--force always fetches; --verify turns a skip into a re-hash."""
+    cached = OnDisk(10, False, entry(), None)
+    assert decide(cached, KEY, force=True, verify=False).action is Action.FETCH
+    assert decide(cached, KEY, force=False, verify=True).action is Action.VERIFY
+
+
+@pytest.mark.parametrize(
+    ("products", "reason"),
+    [
+        ({"TRADES": "oops"}, "not an object"),
+        ({"TRADES": []}, "not an object"),
+        ({"TRADES": {"records": "many"}}, "request"),
+        ({"TRADES": {**entry().as_json(), "records": "many"}}, "records"),
+        ({"TRADES": {**entry().as_json(), "bytes": True}}, "bytes"),
+        ({"TRADES": {**entry().as_json(), "sha256": "zz"}}, "sha256"),
+    ],
+)
+def test_parse_manifest_reports_damaged_entries_and_keeps_good_ones(products, reason):
+    """A wrong-typed entry is reported as damaged; the others stay usable."""
+    import json
+
+    good = entry().as_json()
+    text = json.dumps({"format": 1, "products": {**products, "TBBO": good}})
+    content = parse_manifest(text)
+    assert reason in content.damaged["TRADES"]
+    assert content.entries["TBBO"] == ManifestEntry.parse(good)
+
+
+@pytest.mark.parametrize(
+    "text", ["{", "[]", '{"products": []}', '{"format": 2, "products": {}}', '"x"']
+)
+def test_parse_manifest_whole_file_damage_is_a_problem_not_an_exception(text):
+    """Unreadable JSON, another shape or an unknown format version: every product is damaged."""
+    content = parse_manifest(text)
+    assert content.problem
+    assert content.damage("TRADES") == content.problem
 
 
 def test_retry_delay_grows_is_capped_and_honours_retry_after():

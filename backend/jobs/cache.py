@@ -1,27 +1,44 @@
-"""The cache layout on disk, and the temporary files that must never outlive a run.
+"""The cache layout on disk, the tool's working folders, and temp files that never outlive a run.
 
-    {data_dir}/raw/databento/{SYMBOL}/{YEAR}/TRADES.dbn.zst      final, verified DBN stream
-    {data_dir}/raw/databento/{SYMBOL}/{YEAR}/manifest.json       what each final file holds
-    {data_dir}/raw/databento/{SYMBOL}/{YEAR}/.parts/TRADES/      finished chunks until the merge
-    {data_dir}/raw/databento/{SYMBOL}/{YEAR}/.TRADES.lock        one writer per symbol-year-product
+    {data_dir}/raw/databento/{SYMBOL}/{YEAR}/TRADES.dbn.zst       XNAS.ITCH (the default dataset)
+    {data_dir}/raw/databento/{SYMBOL}/{YEAR}/manifest.json        what each final file holds
+    {data_dir}/raw/databento/datasets/{DATASET}/{SYMBOL}/{YEAR}/  any other dataset, same layout
+    .../{YEAR}/.parts/TRADES/                                     finished chunks until the merge
+    {data_dir}/raw/databento/.locks/.../{YEAR}/TRADES.lock        one writer per product
 
 The symbol folder is the symbol with every byte outside `A-Z a-z 0-9 . _ -` (and a leading
 dot) percent-encoded, so `BRK.B` stays `BRK.B` and `AAPL  250221C00250000` becomes
-`AAPL%20%20250221C00250000`; `urllib.parse.unquote` gives the symbol back.
+`AAPL%20%20250221C00250000`; `urllib.parse.unquote` gives the symbol back. Symbols are upper
+case, so the lower-case `datasets` folder can never be a symbol's.
+
+Working folders (`.parts/...`, `.locks/...`) are created by the tool and must be real folders:
+one found to be a symbolic link is refused, so nothing is written or deleted outside the data
+dir. The data dir itself, `raw` and `raw/databento` may be links to another disk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
 import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from backend.jobs.errors import IngestError
+
 RAW_SUBDIR = Path("raw") / "databento"
+DEFAULT_DATASET = "XNAS.ITCH"
+DATASETS_SUBDIR = "datasets"
+LOCKS_SUBDIR = ".locks"
+PARTS_SUBDIR = ".parts"
+FINAL_SUFFIX = ".dbn.zst"
 TEMP_SUFFIX = ".tmp"
+# `.{name}.{pid}-{12 hex}.tmp`, exactly what temp_path_for() makes: cleanup removes nothing else.
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.\d+-[0-9a-f]{12}\.tmp$")
 
 
 def symbol_folder(symbol: str) -> str:
@@ -33,30 +50,79 @@ def folder_symbol(folder: str) -> str:
     return unquote(folder)
 
 
+def dataset_subdir(dataset: str) -> Path:
+    """Where a dataset's symbol folders live, below raw/databento."""
+    return Path() if dataset == DEFAULT_DATASET else Path(DATASETS_SUBDIR, dataset)
+
+
 @dataclass(frozen=True)
 class YearFolder:
-    """Where one symbol-year lives."""
+    """Where one dataset-symbol-year lives."""
 
     data_dir: Path
     symbol: str
     year: int
+    dataset: str = DEFAULT_DATASET
+
+    @property
+    def relative(self) -> Path:
+        """The folder below raw/databento: also names its locks."""
+        return dataset_subdir(self.dataset) / symbol_folder(self.symbol) / str(self.year)
 
     @property
     def path(self) -> Path:
-        return self.data_dir / RAW_SUBDIR / symbol_folder(self.symbol) / str(self.year)
+        return self.data_dir / RAW_SUBDIR / self.relative
 
     @property
     def manifest(self) -> Path:
         return self.path / "manifest.json"
 
     def final(self, product: str) -> Path:
-        return self.path / f"{product}.dbn.zst"
+        return self.path / f"{product}{FINAL_SUFFIX}"
 
     def parts(self, product: str) -> Path:
-        return self.path / ".parts" / product
+        return self.path / PARTS_SUBDIR / product
 
     def lock(self, product: str) -> Path:
-        return self.path / f".{product}.lock"
+        return self.data_dir / RAW_SUBDIR / LOCKS_SUBDIR / self.relative / f"{product}.lock"
+
+    def make_parts(self, product: str) -> Path:
+        """The product's parts folder, created as real folders (never through a link)."""
+        return make_working_dir(self.path, Path(PARTS_SUBDIR) / product)
+
+    def make_locks(self) -> Path:
+        """The folder holding this symbol-year's lock files, created as real folders."""
+        root = self.data_dir / RAW_SUBDIR
+        root.mkdir(parents=True, exist_ok=True)
+        return make_working_dir(root, LOCKS_SUBDIR / self.relative)
+
+
+def make_working_dir(base: Path, relative: Path) -> Path:
+    """Create `base/relative` one level at a time, refusing any level that is not a real folder.
+
+    `base` may be reached through links (the user's choice); what the tool creates below it may
+    not, or parts would be written, and stale temps deleted, in someone else's folder.
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    path = base
+    for name in relative.parts:
+        path /= name
+        with contextlib.suppress(FileExistsError):
+            path.mkdir()
+        check_working_dir(path)
+    return path
+
+
+def check_working_dir(path: Path) -> None:
+    """Raise unless `path` is a real folder (not a link, not a file)."""
+    mode = path.lstat().st_mode
+    if stat.S_ISLNK(mode):
+        raise IngestError(
+            f"{path} is a symbolic link: the tool's working folders must be real folders inside "
+            f"the data dir; remove the link (rm '{path}') and run again"
+        )
+    if not stat.S_ISDIR(mode):
+        raise IngestError(f"{path} is not a folder: remove it (rm '{path}') and run again")
 
 
 def temp_path_for(final: Path) -> Path:
@@ -64,12 +130,22 @@ def temp_path_for(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
 
 
-def remove_stale_temps(folder: Path, stem: str) -> int:
-    """Delete temp files a killed run left for `stem`; only call while holding its lock."""
+def remove_stale_temps(folder: Path, *names: str) -> int:
+    """Delete temp files a killed run left in `folder` for `names` (final names; none: any).
+
+    Only call while holding the lock of what they belong to. Removes nothing but regular files
+    named exactly as `temp_path_for` names them; an absent folder holds none.
+    """
     removed = 0
-    if folder.is_dir():
-        for leftover in folder.glob(f".{stem}*{TEMP_SUFFIX}"):
-            leftover.unlink(missing_ok=True)
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for entry in entries:
+        match = TEMP_NAME.match(entry.name)
+        wanted = match is not None and (not names or match["name"] in names)
+        if wanted and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
             removed += 1
     return removed
 
@@ -88,6 +164,22 @@ def publish(temp: Path, final: Path) -> None:
         os.fsync(handle.fileno())
     temp.replace(final)
     fsync_dir(final.parent)
+
+
+def writable_destination(final: Path) -> str | None:
+    """Why `final` cannot be written (without writing anything), or None when it can."""
+    if final.is_dir():
+        return f"{final} is a folder: move it away or remove it, then run again"
+    folder = final.parent
+    while not folder.exists():
+        if folder.is_symlink():
+            return f"{folder} is a broken symbolic link: fix or remove it"
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder: move it away so {final.parent} can be created"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable: fix its permissions or choose another --data-dir"
+    return None
 
 
 class ScratchFiles:

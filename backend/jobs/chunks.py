@@ -14,7 +14,7 @@ from loguru import logger
 
 from backend.jobs.cache import ScratchFiles, publish
 from backend.jobs.client import STYPE_IN, STYPE_OUT, RangeRequest
-from backend.jobs.dbnfile import StreamSummary, compress_frame, records_offset, scan
+from backend.jobs.dbnfile import PartFile, StreamSummary, scan
 from backend.jobs.errors import CorruptFileError, IngestError, TransientError
 from backend.jobs.plan import TimeRange, format_ns
 
@@ -41,15 +41,15 @@ class RetryPolicy:
 class Part:
     """A finished chunk on disk whose content matches its request.
 
-    Stored as served when it alone makes the product; otherwise re-encoded as a header frame
-    and a records frame starting at `records_offset`, ready to be copied into the merge.
+    Stored as served when it alone makes the product; otherwise re-encoded in the two-frame
+    `PartFile` layout, its records ready to be copied into the merge.
     """
 
     request: RangeRequest
     path: Path
     summary: StreamSummary
     downloaded: bool  # False when a previous run left it behind
-    records_offset: int | None  # None: kept as served
+    layout: PartFile | None  # None: kept as served
 
 
 def part_path(parts_dir: Path, span: TimeRange) -> Path:
@@ -175,8 +175,8 @@ def fetch_chunk(
     if final.exists():
         try:
             summary = check_part(final, request, record_size)
-            offset = None if as_served else records_offset(final, len(summary.metadata_bytes))
-            return Part(request, final, summary, downloaded=False, records_offset=offset)
+            layout = None if as_served else PartFile.locate(final, len(summary.metadata_bytes))
+            return Part(request, final, summary, downloaded=False, layout=layout)
         except CorruptFileError as exc:
             logger.warning("{}: discarding unusable part {}: {}", label, final.name, exc)
             final.unlink(missing_ok=True)
@@ -200,7 +200,7 @@ def fetch_chunk(
                 final,
                 summary,
                 downloaded=True,
-                records_offset=None if recoded is None else compressed_header_size(summary),
+                layout=None if recoded is None else PartFile.written(final, summary.metadata_bytes),
             )
         except (TransientError, CorruptFileError) as exc:
             if attempt + 1 == attempts:
@@ -220,7 +220,3 @@ def fetch_chunk(
             if recoded is not None:
                 scratch.discard(recoded)
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def compressed_header_size(summary: StreamSummary) -> int:
-    return len(compress_frame(summary.metadata_bytes))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -56,10 +55,14 @@ app = typer.Typer(
 
 
 DataDirOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
-        help="Cache root [default: the repository's data/; env DATA_DIR].", show_default=False
+        help="Cache root [default: the repository's data/; env DATA_DIR; empty = default].",
+        show_default=False,
     ),
+]
+DatasetFilterOption = Annotated[
+    str | None, typer.Option(help="Only this dataset (e.g. XNAS.ITCH).", show_default=False)
 ]
 
 
@@ -87,12 +90,7 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     verify: Annotated[
         bool, typer.Option(help="Re-hash cached files against the manifest before skipping them.")
     ] = False,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Cache root [default: the repository's data/; env DATA_DIR].", show_default=False
-        ),
-    ] = None,
+    data_dir: DataDirOption = None,
     gateway: Annotated[
         str | None,
         typer.Option(
@@ -135,21 +133,23 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
 ) -> None:
     """Download TRADES and TBBO of a symbol-year into DATA_DIR/raw/databento/SYMBOL/YEAR/.
 
+    Datasets other than XNAS.ITCH go to DATA_DIR/raw/databento/datasets/DATASET/SYMBOL/YEAR/.
     Each product is fetched in chunks (resumable, retried, parallel), merged into one DBN file
-    (zstd) and recorded in manifest.json. Cached products are skipped without any request.
+    (zstd) and recorded in manifest.json. A product whose cached file answers the same request
+    (dataset, schema, symbol, year) is skipped without any request and without the API key.
     """
     from backend.jobs.ingest import run_ingest
     from backend.jobs.progress import NullProgress, RichProgress, wants_progress
     from backend.jobs.request import IngestRequest
 
     level = "DEBUG" if verbose else "SUCCESS" if quiet else log_level.upper()
+    settings = Settings.from_env(gateway=gateway, data_dir=data_dir, max_cost=max_cost)
+    secret = settings.api_key.reveal() if settings.api_key else ""
     try:
-        settings = Settings.from_env(gateway=gateway, data_dir=data_dir, max_cost=max_cost)
         level = _valid_level(level)
     except IngestError as exc:
-        setup_logging(json_lines=log_json)
+        setup_logging(json_lines=log_json, secrets=[secret])
         raise _fail(exc) from None
-    secret = settings.api_key.reveal() if settings.api_key else ""
     setup_logging(level, json_lines=log_json, secrets=[secret])
     try:
         request = IngestRequest(
@@ -189,7 +189,9 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-def _cached(symbol: str | None, year: str | None, data_dir: Path | None) -> list[CachedProduct]:
+def _cached(
+    symbol: str | None, year: str | None, dataset: str | None, data_dir: str | None
+) -> list[CachedProduct]:
     """Set up logging, validate the filters, list the cache (local files only)."""
     from backend.jobs.inventory import cached_products
 
@@ -199,6 +201,7 @@ def _cached(symbol: str | None, year: str | None, data_dir: Path | None) -> list
             Settings.from_env(data_dir=data_dir).data_dir,
             normalize_symbol(symbol) if symbol else None,
             validate_year(_parse_year(year)) if year else None,
+            normalize_dataset(dataset) if dataset else None,
         )
     except IngestError as exc:
         raise _fail(exc) from None
@@ -207,21 +210,24 @@ def _cached(symbol: str | None, year: str | None, data_dir: Path | None) -> list
 @app.command(
     epilog="\b\nExamples:\n  python -m backend.jobs.cli status\n"
     "  python -m backend.jobs.cli status --symbol AAPL --json\n\n"
-    "\b\nExit codes: 0 listed (even if empty), 2 invalid input.",
+    "\b\nExit codes: 0 listed (even if empty or damaged), "
+    "2 invalid input or a data dir that does not exist.",
 )
 def status(
     symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
     year: Annotated[str | None, typer.Option(help="Only this year.")] = None,
+    dataset: DatasetFilterOption = None,
     data_dir: DataDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List cached symbol-years and products: size, records, range and manifest state.
+    """List cached products by dataset, symbol and year: size, records, range, manifest state.
 
-    Reads local files only: no network, no API key needed.
+    Every file and manifest entry is listed; damaged entries are marked. Reads local files
+    only: no network, no API key needed.
     """
     from backend.jobs.report import print_status
 
-    items = _cached(symbol, year, data_dir)
+    items = _cached(symbol, year, dataset, data_dir)
     if as_json:
         sys.stdout.write(json.dumps([item.as_json() for item in items], indent=2) + "\n")
     else:
@@ -230,18 +236,19 @@ def status(
 
 @app.command(
     epilog="\b\nExample:\n  python -m backend.jobs.cli verify --symbol AAPL --year 2023\n\n"
-    "\b\nExit codes: 0 every file matches its manifest, 1 some file does not (each is named), "
-    "2 invalid input.",
+    "\b\nExit codes: 0 every file matches its manifest, 1 some file or manifest entry does not "
+    "(each is named), 2 invalid input or a data dir that does not exist.",
 )
 def verify(
     symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
     year: Annotated[str | None, typer.Option(help="Only this year.")] = None,
+    dataset: DatasetFilterOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Re-hash every cached file against its manifest and decode its DBN header."""
     from backend.jobs.inventory import verify_product
 
-    items = _cached(symbol, year, data_dir)
+    items = _cached(symbol, year, dataset, data_dir)
     bad = 0
     for item in items:
         problem = verify_product(item)
@@ -282,11 +289,12 @@ def _valid_level(level: str) -> str:
 
 
 def _parse_year(text: str) -> int:
-    if not text.strip().isdigit():
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
         raise InvalidInputError(
             f"year {text!r} is not a number: pass a four-digit year such as 2023"
         )
-    return int(text)
+    return int(digits)
 
 
 def _valid_chunking(text: str) -> str:

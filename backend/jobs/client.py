@@ -12,18 +12,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend.jobs.errors import (
+    DISK_FULL_ERRNOS,
     CredentialsError,
+    DiskFullError,
     IngestError,
     InvalidInputError,
     TransientError,
 )
-from backend.jobs.plan import TimeRange, parse_timestamp_ns
+from backend.jobs.plan import TimeRange, parse_timestamp_ns, symbology_end_date
 
 if TYPE_CHECKING:
     from backend.jobs.settings import Secret
 
 STYPE_IN = "raw_symbol"
 STYPE_OUT = "instrument_id"
+WRITE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES}
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -80,7 +83,7 @@ class DatabentoClient:
         what = f"{request.schema} {request.span}"
         try:
             store = self._sdk.timeseries.get_range(path=path, **request.params())
-        except Exception as exc:  # noqa: BLE001  translated below, never hidden
+        except translatable() as exc:
             _close_leaked_writer(exc, path)
             raise translate_error(exc, what) from None
         # The returned store keeps the file open; we only wanted the bytes on disk.
@@ -111,7 +114,7 @@ class DatabentoClient:
     def _call(self, method: Any, what: str, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001  every SDK failure is translated, none hidden
+        except translatable() as exc:
             raise translate_error(exc, what) from None
 
 
@@ -130,11 +133,18 @@ def _close_leaked_writer(exc: BaseException, path: Path) -> None:
 
 
 def _end_date(span: TimeRange) -> str:
-    """symbology.resolve takes dates with an exclusive end: round a mid-day end up."""
-    from backend.jobs.plan import NS_PER_SECOND, format_ns
+    """symbology.resolve's exclusive end date: the last midnight the data reaches.
 
-    day_ns = 86_400 * NS_PER_SECOND
-    return format_ns(-(-span.end_ns // day_ns) * day_ns)[:10]
+    Rounding a mid-day end up would ask past the available end, which the service refuses;
+    the few hours after that midnight are matched to the last interval by the preflight.
+    """
+    from datetime import timedelta
+
+    from backend.jobs.plan import ns_to_datetime
+
+    end = symbology_end_date(span)
+    start = ns_to_datetime(span.start_ns).date()
+    return max(end, start + timedelta(days=1)).isoformat()
 
 
 def server_reason(exc: Any) -> str:
@@ -150,13 +160,23 @@ def server_reason(exc: Any) -> str:
     return str(exc.message or "").strip() or "no reason given"
 
 
+def translatable() -> tuple[type[BaseException], ...]:
+    """What the SDK and its transports raise for failures that are not bugs of ours.
+
+    Anything else (a TypeError in our code, say) is left to surface as the bug it is.
+    """
+    import aiohttp
+    import databento
+    import requests
+
+    return (databento.BentoError, requests.RequestException, aiohttp.ClientError, OSError)
+
+
 def translate_error(exc: BaseException, what: str) -> IngestError:  # noqa: PLR0911
     """Map an SDK or transport exception to the error class that decides retry and exit code."""
     import databento
     import requests
 
-    if isinstance(exc, IngestError):
-        return exc
     if isinstance(exc, databento.BentoHttpError):
         status = exc.http_status
         reason = server_reason(exc)
@@ -171,8 +191,10 @@ def translate_error(exc: BaseException, what: str) -> IngestError:  # noqa: PLR0
             return InvalidInputError(f"Databento cannot serve {what}: {reason}")
         return IngestError(f"Databento refused {what}: HTTP {status} {reason}")
     disk_error = _os_error_in(exc)
+    if disk_error is not None and disk_error.errno in DISK_FULL_ERRNOS:
+        return DiskFullError(f"cannot write {what} to disk: {disk_error.strerror}")
     if disk_error is not None:
-        return IngestError(f"cannot write {what} to disk: {disk_error.strerror}; free some space")
+        return IngestError(f"cannot write {what} to disk: {disk_error.strerror}")
     if isinstance(exc, requests.exceptions.SSLError):
         return IngestError(
             f"TLS verification failed for the gateway while fetching {what}: "
@@ -182,16 +204,14 @@ def translate_error(exc: BaseException, what: str) -> IngestError:  # noqa: PLR0
         return TransientError(f"{what}: {_first_line(exc)}")
     if isinstance(exc, OSError):
         return IngestError(f"{what}: {exc.strerror or exc}")
-    if isinstance(exc, ValueError) and "API key" in str(exc):
-        return CredentialsError(f"the SDK refused the API key: {exc}")
-    return IngestError(f"{what}: unexpected answer from Databento ({type(exc).__name__}: {exc})")
+    return TransientError(f"{what}: {_first_line(exc)}")  # aiohttp's connection errors
 
 
 def _os_error_in(exc: BaseException) -> OSError | None:
     """The SDK wraps write failures in BentoError `from None`; the cause stays in __context__."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        if isinstance(seen, OSError) and seen.errno in WRITE_ERRNOS:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None

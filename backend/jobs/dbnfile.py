@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from databento_dbn import Metadata
 
 READ_SIZE = 1 << 15  # small reads keep decompressed pieces in cache and memory flat
+COPY_SIZE = 1 << 18  # copies of compressed frames: larger blocks, fewer system calls
 DBN_MAGIC = b"DBN"
 DBN_VERSION = 3
 PREFIX = struct.Struct("<3sBI")  # magic, version, metadata length
@@ -230,7 +231,7 @@ def scan(
         records_out = None
         if recode_to is not None:
             digest = HashingWriter(stack.enter_context(recode_to.open("wb")))
-            digest.write(compress_frame(raw))
+            digest.write(PartFile.header_frame(raw))
             records_out = stack.enter_context(
                 zstandard.ZstdCompressor(
                     level=COMPRESSION_LEVEL, write_checksum=True
@@ -255,18 +256,46 @@ def compress_frame(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, write_checksum=True).compress(data)
 
 
-def records_offset(path: Path, metadata_size: int) -> int:
-    """Where the records frame of a two-frame file written by `scan(recode_to=)` starts."""
-    frame = zstandard.ZstdDecompressor().decompressobj()
-    consumed = 0
-    out = b""
-    with path.open("rb") as handle:
-        while not frame.eof and (data := handle.read(READ_SIZE)):
-            out += frame.decompress(data)
-            consumed += len(data)
-    if not frame.eof or len(out) != metadata_size:
-        raise CorruptFileError(f"{path.name} is not a header frame followed by a records frame")
-    return consumed - len(frame.unused_data)
+@dataclass(frozen=True)
+class PartFile:
+    """The two-frame layout: the DBN header as one zstd frame, then the records in their own.
+
+    `scan(recode_to=)` writes parts this way and the merge writes final files this way, so a
+    part's records frames can be copied behind another header without being decompressed.
+    """
+
+    path: Path
+    records_offset: int  # where the records frames start
+
+    @staticmethod
+    def header_frame(metadata_bytes: bytes) -> bytes:
+        return compress_frame(metadata_bytes)
+
+    @classmethod
+    def written(cls, path: Path, metadata_bytes: bytes) -> PartFile:
+        """A file just written with this header frame."""
+        return cls(path, len(cls.header_frame(metadata_bytes)))
+
+    @classmethod
+    def locate(cls, path: Path, metadata_size: int) -> PartFile:
+        """Find where the records start in a file of this layout (a part left by a run)."""
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        consumed = 0
+        out = b""
+        with path.open("rb") as handle:
+            while not frame.eof and (data := handle.read(READ_SIZE)):
+                out += frame.decompress(data)
+                consumed += len(data)
+        if not frame.eof or len(out) != metadata_size:
+            raise CorruptFileError(f"{path.name} is not a header frame followed by a records frame")
+        return cls(path, consumed - len(frame.unused_data))
+
+    def copy_records(self, sink: HashingWriter) -> None:
+        """Append the records frames, as they are, to `sink`."""
+        with self.path.open("rb") as source:
+            source.seek(self.records_offset)
+            while block := source.read(COPY_SIZE):
+                sink.write(block)
 
 
 def read_metadata(path: Path) -> Metadata:

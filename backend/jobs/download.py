@@ -6,7 +6,7 @@ import contextlib
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from filelock import FileLock, Timeout
@@ -14,9 +14,9 @@ from loguru import logger
 
 from backend.jobs.cache import ScratchFiles, YearFolder
 from backend.jobs.chunks import Part, RetryPolicy, fetch_chunk
-from backend.jobs.client import DatabentoClient, RangeRequest
-from backend.jobs.errors import IngestError
-from backend.jobs.manifest import Manifest, product_entry
+from backend.jobs.client import STYPE_IN, STYPE_OUT, DatabentoClient, RangeRequest
+from backend.jobs.errors import DISK_FULL_ERRNOS, DiskFullError, IngestError
+from backend.jobs.manifest import Manifest, RecordedRequest, product_entry
 from backend.jobs.merge import MergedWriter
 from backend.jobs.plan import Product
 from backend.jobs.preflight import ProductPlan
@@ -25,10 +25,14 @@ from backend.jobs.request import IngestRequest, ProductResult
 
 
 @contextlib.contextmanager
-def locked(folder: YearFolder, products: list[Product], timeout_s: float) -> Iterator[None]:
-    """One writer per symbol-year-product; kernel locks vanish with a dead process."""
+def locked(folder: YearFolder, products: Iterable[Product], timeout_s: float) -> Iterator[None]:
+    """One writer per symbol-year-product; kernel locks vanish with a dead process.
+
+    Taken in one order (by product name) whatever the order asked, so runs never deadlock.
+    """
+    folder.make_locks()
     with contextlib.ExitStack() as stack:
-        for product in products:
+        for product in sorted(products, key=lambda product: product.name):
             lock = FileLock(folder.lock(product.name))
             try:
                 stack.enter_context(lock.acquire(timeout=0))
@@ -78,7 +82,6 @@ def download(
         for plan in plans:
             product, chunks = plan.product, plan.chunks
             parts_dir = folder.parts(product.name)
-            parts_dir.mkdir(parents=True, exist_ok=True)
             whole = RangeRequest(request.dataset, request.symbol, product.schema, plan.span)
             final = folder.final(product.name)
             writers[product.name] = MergedWriter(final, whole, chunks, plan.header, scratch)
@@ -104,11 +107,13 @@ def download(
                 chunk_jobs[job] = plan
         for job in as_completed(chunk_jobs):
             plan = chunk_jobs[job]
-            part = job.result()
             writer = writers[plan.product.name]
-            writer.add(part)
-            progress.advance(plan.product.name, part.summary.bytes)
-            if len(writer.parts) == len(plan.chunks):
+            try:
+                part = job.result()
+                writer.add(part)
+                progress.advance(plan.product.name, part.summary.bytes)
+                if len(writer.parts) < len(plan.chunks):
+                    continue
                 result = finish_product(
                     request,
                     folder=folder,
@@ -117,8 +122,10 @@ def download(
                     writer=writer,
                     started=started,
                 )
-                progress.finish(plan.product.name)
-                yield result
+            except (DiskFullError, OSError) as exc:
+                raise disk_full(exc, plan, folder) from None
+            progress.finish(plan.product.name)
+            yield result
     except KeyboardInterrupt:
         stop.set()
         progress.close()
@@ -136,6 +143,19 @@ def download(
         scratch.remove_all()
 
 
+def disk_full(exc: DiskFullError | OSError, plan: ProductPlan, folder: YearFolder) -> BaseException:
+    """Say which disk filled and how much room the product needs; other OS errors pass."""
+    if isinstance(exc, OSError) and exc.errno not in DISK_FULL_ERRNOS:
+        return exc
+    reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+    need_mb = 2 * plan.estimated_bytes / 1e6  # parts, then the merged copy beside them
+    return IngestError(
+        f"disk full while writing {plan.product.name} under {folder.path} ({reason}): "
+        f"it needs up to {need_mb:,.0f} MB free there (parts plus the merged file); "
+        "free some space or choose another --data-dir, then run again to resume"
+    )
+
+
 def finish_product(
     request: IngestRequest,
     *,
@@ -149,16 +169,24 @@ def finish_product(
     product = plan.product
     parts = writer.parts
     merged = writer.finish()
-    entry = product_entry(
-        merged.path,
-        product=product,
-        request=request,
-        span=plan.span,
-        merged=merged,
-        chunking=request.chunking,
-        parts=parts,
+    recorded = RecordedRequest(
+        request.dataset,
+        product.schema,
+        (request.symbol,),
+        STYPE_IN,
+        STYPE_OUT,
+        plan.span.start,
+        plan.span.end,
+        request.chunking,
     )
-    manifest.record(request.symbol, request.year, product.name, entry)
+    entry = product_entry(merged.path, request=recorded, merged=merged, parts=parts)
+    manifest.record(
+        dataset=request.dataset,
+        symbol=request.symbol,
+        year=request.year,
+        product=product.name,
+        entry=entry,
+    )
     shutil.rmtree(folder.parts(product.name), ignore_errors=True)
     with contextlib.suppress(OSError):
         folder.parts(product.name).parent.rmdir()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID_INPUT = 2
 EXIT_CREDENTIALS = 3
 EXIT_INTERRUPTED = 130
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class IngestError(Exception):
@@ -41,3 +44,7 @@ class TransientError(IngestError):
 
 class CorruptFileError(IngestError):
     """A DBN file that is truncated, undecodable or does not match what was asked for."""
+
+
+class DiskFullError(IngestError):
+    """The cache's disk (or quota) is full."""

@@ -1,22 +1,36 @@
-"""The use case: for each product, skip what is cached, else plan, fetch chunks, merge, record."""
+"""The use case: decide from local files, answer what is cached, then preflight and fetch the rest.
+
+1. Under the products' locks (dry runs only read), one pure decision per product from what is on
+   disk: skip, verify, adopt or fetch (`decision.decide`). No network, no key, no budget yet.
+2. Verify and adopt are answered offline; a file that fails them joins the products to fetch.
+3. Only if something must be fetched: destinations checked, key, budget setting, preflight
+   (metadata calls), budget check, then the download.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from backend.jobs.cache import YearFolder, remove_stale_temps
-from backend.jobs.client import DatabentoClient
+from backend.jobs.cache import (
+    PARTS_SUBDIR,
+    YearFolder,
+    check_working_dir,
+    remove_stale_temps,
+    writable_destination,
+)
+from backend.jobs.client import STYPE_IN, STYPE_OUT, DatabentoClient
 from backend.jobs.dbnfile import sha256_file
-from backend.jobs.errors import CorruptFileError
-from backend.jobs.manifest import CacheState, Manifest, cache_state, product_entry
+from backend.jobs.decision import Action, CacheKey, OnDisk, decide
+from backend.jobs.errors import CorruptFileError, IngestError
+from backend.jobs.manifest import Manifest, ManifestContent, RecordedRequest, product_entry
 from backend.jobs.plan import Product, TimeRange, clamp_year
 from backend.jobs.request import IngestRequest, ProductResult
 from backend.jobs.settings import Secret, Settings
@@ -40,45 +54,153 @@ def run_ingest(
     client_factory: ClientFactory = DatabentoClient,
     progress: Progress | None = None,
 ) -> IngestReport:
-    """Skip what is cached; preflight, budget-check, then fetch and merge the rest."""
-    folder = YearFolder(settings.data_dir, request.symbol, request.year)
+    """Answer what is cached from local files; preflight, budget-check and fetch the rest."""
+    folder = YearFolder(settings.data_dir, request.symbol, request.year, request.dataset)
     manifest = Manifest(folder.manifest)
     started = time.monotonic()
     results: dict[str, ProductResult] = {}
-    pending = []
-    for product in request.products:
-        cached = (
-            None if request.force else cached_result(folder, manifest, product, request, started)
-        )
-        if cached:
-            results[product.name] = cached
-            cached.log(request)
-        else:
-            pending.append(product)
     plans: list[ProductPlan] = []
-    if pending:
-        # Only now the download machinery: a cached re-run must stay cheap to start.
-        from backend.jobs.preflight import check_budget
-
-        client = client_factory(settings.require_key(), settings.gateway)
-        plans = preflight(client, request, pending)
+    with contextlib.ExitStack() as stack:
         if not request.dry_run:
-            check_budget(plans, settings.max_cost)
-            fetched = fetch(
-                request,
-                client,
-                folder=folder,
-                manifest=manifest,
-                plans=plans,
-                started=started,
-                progress=progress,
-            )
-            for result in fetched:
-                results[result.product.name] = result
-                result.log(request)
+            from backend.jobs.download import locked
+
+            stack.enter_context(locked(folder, request.products, request.lock_timeout_s))
+        pending = []
+        for product in request.products:
+            cached = settle_from_cache(folder, manifest, product, request, started)
+            if cached:
+                results[product.name] = cached
+                cached.log(request)
+            else:
+                pending.append(product)
+        if pending:
+            check_destinations(folder, pending)
+            # Only now the download machinery: a cached re-run must stay cheap to start.
+            from backend.jobs.preflight import check_budget
+
+            client = client_factory(settings.require_key(), settings.gateway_url())
+            budget = settings.budget()
+            plans = preflight(client, request, pending)
+            if not request.dry_run:
+                check_budget(plans, budget)
+                for result in fetch(
+                    request,
+                    client,
+                    folder=folder,
+                    manifest=manifest,
+                    plans=plans,
+                    progress=progress,
+                ):
+                    results[result.product.name] = result
+                    result.log(request)
     if not request.dry_run:
         logger.info("cache folder: {}", folder.path)
     return IngestReport([results[p.name] for p in request.products if p.name in results], plans)
+
+
+def look(folder: YearFolder, content: ManifestContent, product: Product) -> OnDisk:
+    """The facts the decision needs: a stat of the final path and the product's entry."""
+    final = folder.final(product.name)
+    try:
+        info = final.stat()
+    except FileNotFoundError:
+        info = None
+    is_file = info is not None and final.is_file()
+    return OnDisk(
+        size=info.st_size if is_file and info else None,
+        not_a_file=info is not None and not is_file,
+        entry=content.entries.get(product.name),
+        damage=content.damage(product.name),
+    )
+
+
+def settle_from_cache(
+    folder: YearFolder,
+    manifest: Manifest,
+    product: Product,
+    request: IngestRequest,
+    started: float,
+) -> ProductResult | None:
+    """A skipped result when the cache answers this product, else None (fetch it)."""
+    if not request.dry_run:
+        remove_stale_temps(folder.path, folder.final(product.name).name)
+    key = CacheKey(request.dataset, product.schema, request.symbol, request.year)
+    content = manifest.load()
+    decision = decide(
+        look(folder, content, product), key, force=request.force, verify=request.verify
+    )
+    final = folder.final(product.name)
+    if decision.why:
+        logger.warning("{} {}", final, decision.why)
+    if decision.action is Action.FETCH:
+        return None
+    entry = content.entries[product.name] if decision.action is not Action.ADOPT else None
+    if decision.action is Action.VERIFY and sha256_file(final) != entry.sha256:
+        logger.warning("{} fails its sha256 check against the manifest; re-downloading", final)
+        return None
+    if decision.action is Action.ADOPT:
+        entry = adopted_entry(folder, product, key)
+        if entry is None:
+            return None
+        if not request.dry_run:
+            manifest.record(
+                dataset=request.dataset,
+                symbol=request.symbol,
+                year=request.year,
+                product=product.name,
+                entry=entry,
+            )
+            logger.info("adopted {} into the manifest ({} records)", final, entry.records)
+    if not request.dry_run:
+        drop_parts(folder, product)
+    return ProductResult(product, "skipped", entry.bytes, entry.records, time.monotonic() - started)
+
+
+def adopted_entry(folder: YearFolder, product: Product, key: CacheKey) -> Any:
+    """Validate a file that has no usable manifest entry, offline, and describe it (or None)."""
+    from backend.jobs.dbnfile import scan
+
+    final = folder.final(product.name)
+    try:
+        summary = scan(final, product.record_size)
+    except CorruptFileError as exc:
+        logger.warning("{} is unusable ({}); re-downloading", final, exc)
+        return None
+    metadata = summary.metadata
+    span = TimeRange(metadata.start, metadata.end or metadata.start)
+    symbols, stype_in, stype_out = (
+        list(metadata.symbols),
+        str(metadata.stype_in),
+        str(metadata.stype_out),
+    )
+    other = key.mismatch(metadata.dataset, str(metadata.schema), symbols, stype_in, stype_out, span)
+    if other:
+        logger.warning("{} holds another request's data ({}); re-downloading", final, other)
+        return None
+    recorded = RecordedRequest(
+        key.dataset, key.schema, (key.symbol,), STYPE_IN, STYPE_OUT, span.start, span.end, "adopted"
+    )
+    return product_entry(final, request=recorded, merged=summary, parts=[])
+
+
+def drop_parts(folder: YearFolder, product: Product) -> None:
+    """Parts of a product that is now complete (a run killed between publish and cleanup)."""
+    parts = folder.parts(product.name)
+    if parts.is_dir() and not parts.is_symlink():
+        shutil.rmtree(parts, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            parts.parent.rmdir()
+
+
+def check_destinations(folder: YearFolder, products: list[Product]) -> None:
+    """Before any request: every final path can be written and no working folder is a link."""
+    for product in products:
+        problem = writable_destination(folder.final(product.name))
+        if problem:
+            raise IngestError(f"cannot write {product.name}: {problem}")
+        for working in (folder.path / PARTS_SUBDIR, folder.parts(product.name)):
+            if working.is_symlink() or working.exists():
+                check_working_dir(working)
 
 
 def preflight(client: Any, request: IngestRequest, products: list[Product]) -> list[ProductPlan]:
@@ -112,110 +234,20 @@ def fetch(
     folder: YearFolder,
     manifest: Manifest,
     plans: list[ProductPlan],
-    started: float,
     progress: Progress | None,
 ) -> Iterator[ProductResult]:
-    """Under the products' locks: skip what another run finished meanwhile, download the rest."""
-    from backend.jobs.download import download, locked
+    """Download what the decision left to fetch (the caller holds the products' locks)."""
+    from backend.jobs.download import download
     from backend.jobs.progress import NullProgress
 
-    folder.path.mkdir(parents=True, exist_ok=True)
-    with locked(folder, [plan.product for plan in plans], request.lock_timeout_s):
-        todo = []
-        for plan in plans:
-            product = plan.product
-            remove_stale_temps(folder.path, product.name)
-            remove_stale_temps(folder.parts(product.name), "")
-            cached = None
-            if not request.force:
-                cached = cached_result(folder, manifest, product, request, started, locked=True)
-            if cached:
-                shutil.rmtree(folder.parts(product.name), ignore_errors=True)
-                yield cached
-            else:
-                todo.append(plan)
-        yield from download(
-            request,
-            client=client,
-            folder=folder,
-            manifest=manifest,
-            plans=todo,
-            progress=progress or NullProgress(),
-        )
-
-
-def cached_result(
-    folder: YearFolder,
-    manifest: Manifest,
-    product: Product,
-    request: IngestRequest,
-    started: float,
-    *,
-    locked: bool = False,
-) -> ProductResult | None:
-    """A skipped result when the cache already holds this product, else None (download it).
-
-    Before the lock this only looks; under it, it also reports what is wrong and adopts a
-    valid file that has no manifest entry.
-    """
-    final = folder.final(product.name)
-    size = final.stat().st_size if final.is_file() else None
-    entry = manifest.entry(product.name)
-    state = cache_state(size, entry)
-    if state is CacheState.OK and entry is not None:
-        if request.verify and sha256_file(final) != entry.get("sha256"):
-            if locked:
-                logger.warning(
-                    "{} fails its sha256 check against the manifest; re-downloading", final
-                )
-            return None
-        return ProductResult(
-            product, "skipped", entry["bytes"], entry.get("records", 0), time.monotonic() - started
-        )
-    if not locked:
-        return None
-    if state is CacheState.SIZE_MISMATCH and entry is not None:
-        logger.warning(
-            "{} is {} bytes but the manifest recorded {}; re-downloading",
-            final,
-            size,
-            entry.get("bytes"),
-        )
-    if state is CacheState.UNRECORDED:
-        entry = adopted_entry(final, product, request)
-        if entry is not None:
-            manifest.record(request.symbol, request.year, product.name, entry)
-            logger.info("adopted {} into the manifest ({} records)", final, entry["records"])
-            return ProductResult(
-                product, "skipped", entry["bytes"], entry["records"], time.monotonic() - started
-            )
-    return None
-
-
-def adopted_entry(final: Path, product: Product, request: IngestRequest) -> dict[str, Any] | None:
-    """Validate a file cached without a manifest (older version) and describe it."""
-    from backend.jobs.dbnfile import scan
-
-    try:
-        summary = scan(final, product.record_size)
-    except CorruptFileError as exc:
-        logger.warning("{} is unusable ({}); re-downloading", final, exc)
-        return None
-    metadata = summary.metadata
-    if (
-        metadata.dataset != request.dataset
-        or str(metadata.schema) != product.schema
-        or list(metadata.symbols) != [request.symbol]
-    ):
-        logger.warning("{} holds another request's data; re-downloading", final)
-        return None
-    span = TimeRange(metadata.start, metadata.end or metadata.start)
-    return product_entry(
-        final,
-        product=product,
-        request=request,
-        span=span,
-        merged=summary,
-        chunking="adopted",
-        parts=[],
+    for plan in plans:
+        parts = folder.make_parts(plan.product.name)
+        remove_stale_temps(parts)
+    yield from download(
+        request,
+        client=client,
+        folder=folder,
+        manifest=manifest,
+        plans=plans,
+        progress=progress or NullProgress(),
     )

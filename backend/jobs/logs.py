@@ -7,10 +7,12 @@ out of tracebacks, and a patcher masks the key should any message ever contain i
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -60,11 +62,25 @@ def _json_sink(stream: str) -> Any:
     return write
 
 
+def secret_pattern(secrets: list[str]) -> re.Pattern[str] | None:
+    """Each secret in any case, and as the base64 of an HTTP Basic header (`key:`)."""
+    forms = set()
+    for secret in secrets:
+        forms.add(secret)
+        for credentials in (f"{secret}:", secret):
+            forms.add(base64.b64encode(credentials.encode()).decode().rstrip("="))
+    if not forms:
+        return None
+    alternatives = sorted(forms, key=len, reverse=True)
+    return re.compile("|".join(re.escape(form) for form in alternatives), re.IGNORECASE)
+
+
 def _masker(secrets: list[str]) -> Any:
+    pattern = secret_pattern(secrets)
+
     def patch(record: Any) -> None:
-        for secret in secrets:
-            if secret in record["message"]:
-                record["message"] = record["message"].replace(secret, "***")
+        if pattern is not None:
+            record["message"] = pattern.sub("***", record["message"])
 
     return patch
 

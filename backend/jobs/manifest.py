@@ -1,87 +1,245 @@
-"""manifest.json: what each cached file holds, and the decision to skip, adopt or re-download.
+"""manifest.json: what each cached file holds, read through one validating parser.
 
 The file is rewritten whole (temp file, fsync, rename) under its own lock, so products finished
-by concurrent runs never lose each other's entries. It never contains the API key.
+by concurrent runs never lose each other's entries. It never contains the API key. An entry of
+the wrong shape is data, not a crash: it is reported as damaged, and the products it describes
+are treated as unrecorded (validated again, then adopted or fetched).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.jobs.cache import publish, temp_path_for
-from backend.jobs.client import STYPE_IN, STYPE_OUT
-from backend.jobs.errors import CorruptFileError
-from backend.jobs.plan import Product, TimeRange, format_ns
+from backend.jobs.cache import publish, remove_stale_temps, temp_path_for
+from backend.jobs.plan import TimeRange, format_ns, parse_timestamp_ns
 
 if TYPE_CHECKING:
     from backend.jobs.chunks import Part
-    from backend.jobs.request import IngestRequest
 
 MANIFEST_FORMAT = 1
 TOOL_PACKAGE = "bento-ingest"
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class CacheState(StrEnum):
-    OK = "ok"  # final file present and its size matches the manifest
-    MISSING = "missing"  # no final file (or an empty one)
-    SIZE_MISMATCH = "size mismatch"  # truncated or overwritten since it was recorded
-    UNRECORDED = "no manifest entry"  # a file without an entry, e.g. from an older version
+class DamagedEntryError(ValueError):
+    """A manifest entry that does not have the shape this version writes."""
 
 
-def cache_state(file_size: int | None, entry: dict[str, Any] | None) -> CacheState:
-    """Pure: what the cache holds for one product, from the file size and its manifest entry."""
-    if not file_size:
-        return CacheState.MISSING
-    if entry is None:
-        return CacheState.UNRECORDED
-    if entry.get("bytes") != file_size:
-        return CacheState.SIZE_MISMATCH
-    return CacheState.OK
+@dataclass(frozen=True)
+class RecordedRequest:
+    """The request a cached file answers: the cache key."""
+
+    dataset: str
+    schema: str
+    symbols: tuple[str, ...]
+    stype_in: str
+    stype_out: str
+    start: str
+    end: str
+    chunking: str
+
+    @property
+    def span(self) -> TimeRange:
+        return TimeRange(parse_timestamp_ns(self.start), parse_timestamp_ns(self.end))
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    start: str
+    end: str
+    bytes: int
+    sha256: str
+    records: int
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    file: str
+    bytes: int
+    sha256: str
+    records: int
+    first_ts_recv: str | None
+    last_ts_recv: str | None
+    request: RecordedRequest
+    chunks: tuple[ChunkRecord, ...] = ()
+    versions: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+
+    @classmethod
+    def parse(cls, raw: object) -> ManifestEntry:
+        """Validate one entry as read from JSON; DamagedEntryError says what is wrong."""
+        item = _mapping(raw, "entry")
+        request = _mapping(item.get("request"), "request")
+        chunks = item.get("chunks", [])
+        if not isinstance(chunks, list):
+            raise DamagedEntryError("chunks is not a list")
+        symbols = request.get("symbols")
+        if not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols):
+            raise DamagedEntryError("request.symbols is not a list of strings")
+        versions = item.get("versions", {})
+        if not isinstance(versions, dict):
+            raise DamagedEntryError("versions is not an object")
+        entry = cls(
+            file=_text(item, "file"),
+            bytes=_count(item, "bytes"),
+            sha256=_sha256(item, "sha256"),
+            records=_count(item, "records"),
+            first_ts_recv=_optional_text(item, "first_ts_recv"),
+            last_ts_recv=_optional_text(item, "last_ts_recv"),
+            request=RecordedRequest(
+                dataset=_text(request, "dataset", "request."),
+                schema=_text(request, "schema", "request."),
+                symbols=tuple(symbols),
+                stype_in=_text(request, "stype_in", "request."),
+                stype_out=_text(request, "stype_out", "request."),
+                start=_timestamp(request, "start", "request."),
+                end=_timestamp(request, "end", "request."),
+                chunking=_text(request, "chunking", "request."),
+            ),
+            chunks=tuple(_chunk(chunk) for chunk in chunks),
+            versions={str(key): str(value) for key, value in versions.items()},
+            created_at=str(item.get("created_at", "")),
+        )
+        if entry.request.span.start_ns >= entry.request.span.end_ns:
+            raise DamagedEntryError("request.start is not before request.end")
+        return entry
+
+    def as_json(self) -> dict[str, Any]:
+        content = asdict(self)
+        content["request"]["symbols"] = list(self.request.symbols)
+        content["chunks"] = [asdict(chunk) for chunk in self.chunks]
+        return content
+
+
+def _mapping(raw: object, what: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise DamagedEntryError(f"{what} is a {type(raw).__name__}, not an object")
+    return raw
+
+
+def _text(item: dict[str, Any], key: str, prefix: str = "") -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or not value:
+        raise DamagedEntryError(f"{prefix}{key} is missing or not a string")
+    return value
+
+
+def _optional_text(item: dict[str, Any], key: str) -> str | None:
+    value = item.get(key)
+    if value is not None and not isinstance(value, str):
+        raise DamagedEntryError(f"{key} is not a string")
+    return value
+
+
+def _count(item: dict[str, Any], key: str, prefix: str = "") -> int:
+    value = item.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DamagedEntryError(f"{prefix}{key} is missing or not a whole number >= 0")
+    return value
+
+
+def _sha256(item: dict[str, Any], key: str, prefix: str = "") -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or not SHA256.match(value):
+        raise DamagedEntryError(f"{prefix}{key} is missing or not a sha256 hex digest")
+    return value
+
+
+def _timestamp(item: dict[str, Any], key: str, prefix: str = "") -> str:
+    value = _text(item, key, prefix)
+    try:
+        parse_timestamp_ns(value)
+    except ValueError:
+        raise DamagedEntryError(f"{prefix}{key} {value!r} is not a timestamp") from None
+    return value
+
+
+def _chunk(raw: object) -> ChunkRecord:
+    item = _mapping(raw, "a chunk")
+    return ChunkRecord(
+        start=_timestamp(item, "start", "chunk."),
+        end=_timestamp(item, "end", "chunk."),
+        bytes=_count(item, "bytes", "chunk."),
+        sha256=_sha256(item, "sha256", "chunk."),
+        records=_count(item, "records", "chunk."),
+    )
+
+
+@dataclass(frozen=True)
+class ManifestContent:
+    """A manifest as read: valid entries, damaged ones (product -> why), and the raw JSON."""
+
+    entries: dict[str, ManifestEntry]
+    damaged: dict[str, str]
+    raw_products: dict[str, Any]
+    problem: str | None = None  # the whole file is unusable: why
+
+    def damage(self, product: str) -> str | None:
+        if self.problem:
+            return self.problem
+        return self.damaged.get(product)
+
+
+EMPTY = ManifestContent({}, {}, {})
+
+
+def parse_manifest(text: str, name: str = "manifest.json") -> ManifestContent:
+    """Pure: the manifest's text -> valid and damaged entries; never raises on bad content."""
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return ManifestContent({}, {}, {}, f"damaged manifest ({name} is not valid JSON: {exc})")
+    if not isinstance(content, dict) or not isinstance(content.get("products", {}), dict):
+        return ManifestContent({}, {}, {}, f"damaged manifest ({name} is not a manifest)")
+    products = content.get("products", {})
+    if content.get("format") != MANIFEST_FORMAT:
+        problem = (
+            f"damaged manifest ({name} has format {content.get('format')!r}; this version reads 1)"
+        )
+        return ManifestContent({}, {}, products, problem)
+    entries, damaged = {}, {}
+    for product, raw in products.items():
+        try:
+            entries[product] = ManifestEntry.parse(raw)
+        except DamagedEntryError as exc:
+            damaged[product] = f"damaged manifest entry ({exc})"
+    return ManifestContent(entries, damaged, products)
 
 
 @dataclass(frozen=True)
 class Manifest:
     path: Path
 
-    def read(self) -> dict[str, Any]:
-        """The whole manifest; a missing one is empty, an unreadable one is reported."""
+    def load(self) -> ManifestContent:
+        """The manifest as it is now; a missing one is empty."""
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            return {}
-        try:
-            content = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CorruptFileError(f"{self.path} is not valid JSON ({exc})") from None
-        if not isinstance(content, dict) or not isinstance(content.get("products", {}), dict):
-            raise CorruptFileError(f"{self.path} does not look like a manifest")
-        return content
+            return EMPTY
+        except UnicodeDecodeError:
+            return ManifestContent({}, {}, {}, f"damaged manifest ({self.path.name} is not text)")
+        return parse_manifest(text, self.path.name)
 
-    def entry(self, product: str) -> dict[str, Any] | None:
-        try:
-            return self.read().get("products", {}).get(product)
-        except CorruptFileError:
-            return None
-
-    def record(self, symbol: str, year: int, product: str, entry: dict[str, Any]) -> None:
+    def record(
+        self, *, dataset: str, symbol: str, year: int, product: str, entry: ManifestEntry
+    ) -> None:
+        """Add or replace one product's entry; other products' entries are kept as they are."""
         from filelock import FileLock
 
-        lock = FileLock(self.path.with_name(".manifest.lock"))
-        with lock:
-            try:
-                content = self.read()
-            except CorruptFileError:
-                content = {}
-            products = content.get("products", {})
-            products[product] = entry
+        with FileLock(self.path.with_name(".manifest.lock")):
+            remove_stale_temps(self.path.parent, self.path.name)
+            current = self.load()
+            products = {} if current.problem else dict(current.raw_products)
+            products[product] = entry.as_json()
             content = {
                 "format": MANIFEST_FORMAT,
+                "dataset": dataset,
                 "symbol": symbol,
                 "year": year,
                 "products": dict(sorted(products.items())),
@@ -97,48 +255,36 @@ class Manifest:
 def product_entry(
     final: Path,
     *,
-    product: Product,
-    request: IngestRequest,
-    span: TimeRange,
+    request: RecordedRequest,
     merged: Any,
-    chunking: str,
     parts: list[Part],
-) -> dict[str, Any]:
+) -> ManifestEntry:
     """One product's manifest entry: the file, its content and the exact request behind it."""
 
     def stamp(ns: int | None) -> str | None:
         return None if ns is None else format_ns(ns)
 
-    return {
-        "file": final.name,
-        "bytes": merged.bytes,
-        "sha256": merged.sha256,
-        "records": merged.records,
-        "first_ts_recv": stamp(merged.first_ts_recv),
-        "last_ts_recv": stamp(merged.last_ts_recv),
-        "request": {
-            "dataset": request.dataset,
-            "schema": product.schema,
-            "symbols": [request.symbol],
-            "stype_in": STYPE_IN,
-            "stype_out": STYPE_OUT,
-            "start": span.start,
-            "end": span.end,
-            "chunking": chunking,
-        },
-        "chunks": [
-            {
-                "start": part.request.span.start,
-                "end": part.request.span.end,
-                "bytes": part.summary.bytes,
-                "sha256": part.summary.sha256,
-                "records": part.summary.records,
-            }
+    return ManifestEntry(
+        file=final.name,
+        bytes=merged.bytes,
+        sha256=merged.sha256,
+        records=merged.records,
+        first_ts_recv=stamp(merged.first_ts_recv),
+        last_ts_recv=stamp(merged.last_ts_recv),
+        request=request,
+        chunks=tuple(
+            ChunkRecord(
+                start=part.request.span.start,
+                end=part.request.span.end,
+                bytes=part.summary.bytes,
+                sha256=part.summary.sha256,
+                records=part.summary.records,
+            )
             for part in sorted(parts, key=lambda part: part.request.span)
-        ],
-        "versions": versions(),
-        "created_at": now_iso(),
-    }
+        ),
+        versions=versions(),
+        created_at=now_iso(),
+    )
 
 
 def versions() -> dict[str, str]:

@@ -12,10 +12,8 @@ from loguru import logger
 from backend.jobs.cache import ScratchFiles, publish
 from backend.jobs.chunks import Part
 from backend.jobs.client import STYPE_IN, STYPE_OUT, RangeRequest
-from backend.jobs.dbnfile import HashingWriter, compress_frame
+from backend.jobs.dbnfile import HashingWriter, PartFile
 from backend.jobs.plan import TimeRange
-
-COPY_SIZE = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -151,11 +149,10 @@ class MergedWriter:
         if self._sink is None:
             self._handle = self._temp.open("wb")
             self._sink = HashingWriter(self._handle)
-            self._sink.write(compress_frame(self._header))
-        with part.path.open("rb") as source:
-            source.seek(part.records_offset or 0)
-            while block := source.read(COPY_SIZE):
-                self._sink.write(block)
+            self._sink.write(PartFile.header_frame(self._header))
+        if part.layout is None:
+            raise RuntimeError(f"{part.path.name} was kept as served and cannot be merged")
+        part.layout.copy_records(self._sink)
 
     def finish(self) -> MergedFile:
         """Publish the final file atomically; every part must have been added."""
@@ -187,12 +184,10 @@ class MergedWriter:
         """The chunks' symbology differs from the preflight's: same body, the right header."""
         logger.debug("{}: data symbology differs from the preflight's; rewriting", self.final)
         rewritten = self.scratch.new(self.final)
-        with rewritten.open("wb") as handle, self._temp.open("rb") as body:
+        with rewritten.open("wb") as handle:
             sink = HashingWriter(handle)
-            sink.write(compress_frame(header))
-            body.seek(len(compress_frame(self._header)))
-            while block := body.read(COPY_SIZE):
-                sink.write(block)
+            sink.write(PartFile.header_frame(header))
+            PartFile.written(self._temp, self._header).copy_records(sink)
         self.scratch.discard(self._temp)
         self._temp = rewritten
         return sink

@@ -141,6 +141,11 @@ def next_boundary_ns(ns: int, chunking: Chunking) -> int:
     return date_ns(following)
 
 
+def symbology_end_date(span: TimeRange) -> date:
+    """The last midnight at or before the end: symbology is asked up to there (exclusive)."""
+    return ns_to_datetime(span.end_ns).date()
+
+
 def date_ns(day: date) -> int:
     return calendar.timegm(day.timetuple()) * NS_PER_SECOND
 

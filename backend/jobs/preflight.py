@@ -12,7 +12,15 @@ from backend.jobs.client import RangeRequest
 from backend.jobs.errors import BudgetExceededError, InvalidInputError
 from backend.jobs.logs import key_value_line
 from backend.jobs.merge import HeaderFields, coalesce
-from backend.jobs.plan import Chunking, Product, TimeRange, date_ns, ns_to_datetime, split_range
+from backend.jobs.plan import (
+    Chunking,
+    Product,
+    TimeRange,
+    date_ns,
+    ns_to_datetime,
+    split_range,
+    symbology_end_date,
+)
 
 
 class MetadataClient(Protocol):
@@ -32,13 +40,20 @@ class ProductPlan:
 
 
 def predicted_header(answer: dict[str, Any], symbol: str, span: TimeRange) -> HeaderFields:
-    """Pure: resolved intervals clipped to `span`'s dates, as the merged header will hold them."""
+    """Pure: resolved intervals clipped to `span`'s dates, as the merged header will hold them.
+
+    Symbology is asked only up to the last midnight of a mid-day end, so an interval reaching
+    that midnight is taken to run on to the end of the day (the merge checks it against the
+    chunks' own metadata).
+    """
     first = ns_to_datetime(span.start_ns).date()
     last = ns_to_datetime(span.end_ns - 1).date() + timedelta(days=1)  # end date, exclusive
+    asked_end = symbology_end_date(span)
     intervals = []
     for item in answer["result"][symbol]:
         start = max(date.fromisoformat(item["d0"]), first)
-        end = min(date.fromisoformat(item["d1"]), last)
+        end = date.fromisoformat(item["d1"])
+        end = min(last if end == asked_end else end, last)
         if start < end:
             intervals.append((start, end, item["s"]))
     return HeaderFields({symbol: coalesce(intervals)}, partial=[], not_found=[])
@@ -50,7 +65,9 @@ def resolved_span(answer: dict[str, Any], symbol: str, span: TimeRange) -> TimeR
     if not intervals or symbol in (answer.get("not_found") or []):
         return None
     first = date_ns(date.fromisoformat(min(item["d0"] for item in intervals)))
-    last = date_ns(date.fromisoformat(max(item["d1"] for item in intervals)))
+    last_day = date.fromisoformat(max(item["d1"] for item in intervals))
+    # listed up to the last midnight symbology was asked about: listed to the (mid-day) end
+    last = span.end_ns if last_day >= symbology_end_date(span) else date_ns(last_day)
     start, end = max(span.start_ns, first), min(span.end_ns, last)
     return TimeRange(start, end) if start < end else None
 

@@ -31,7 +31,9 @@ def _table(title: str, columns: Sequence[str]) -> Table:
     table = Table(title=title, title_justify="left")
     for column in columns:
         justify = (
-            "left" if column in {"product", "status", "symbol", "range", "manifest"} else "right"
+            "left"
+            if column in {"dataset", "product", "status", "symbol", "range", "manifest"}
+            else "right"
         )
         table.add_column(column, justify=justify)
     return table
@@ -96,12 +98,24 @@ def print_summary(report: IngestReport, symbol: str, year: int) -> None:
 
 def print_status(items: list[CachedProduct]) -> None:
     table = _table(
-        "Cache status", ["symbol", "year", "product", "size", "records", "range", "manifest"]
+        "Cache status",
+        ["dataset", "symbol", "year", "product", "size", "records", "range", "manifest"],
     )
     for item in items:
         span = f"{item.start[:10]} .. {item.end[:10]}" if item.start and item.end else "-"
         records = "-" if item.records is None else f"{item.records:,}"
         table.add_row(
-            item.symbol, str(item.year), item.product, _mb(item.bytes), records, span, item.manifest
+            item.dataset,
+            item.symbol,
+            str(item.year),
+            item.product,
+            _mb(item.bytes),
+            records,
+            span,
+            item.manifest,
         )
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    for item in items:
+        if item.problem:
+            console.print(f"{item.path}: {item.manifest}: {item.problem}", soft_wrap=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ from backend.jobs.errors import InvalidInputError
 
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 API_KEY_ENV = "DATABENTO_API_KEY"
+API_KEY_SHAPE = re.compile(r"db-[A-Za-z0-9]{29}(?![A-Za-z0-9])", re.IGNORECASE)
 
 
 class Secret:
@@ -33,10 +36,17 @@ class Secret:
 
 @dataclass(frozen=True)
 class Settings:
+    """What the environment and the flags say.
+
+    Each setting is checked only where it is used, so a command (or a fully cached run) never
+    fails on a setting it does not need.
+    """
+
     api_key: Secret | None
-    gateway: str | None
     data_dir: Path
-    max_cost: float | None
+    gateway_text: str | None = None
+    max_cost_flag: float | None = None
+    max_cost_env: str = ""
 
     @classmethod
     def from_env(
@@ -44,17 +54,20 @@ class Settings:
         environ: Mapping[str, str] | None = None,
         *,
         gateway: str | None = None,
-        data_dir: Path | None = None,
+        data_dir: str | Path | None = None,
         max_cost: float | None = None,
     ) -> Settings:
-        """Flags win over the environment, which wins over the defaults."""
+        """Flags win over the environment, which wins over the defaults; empty means unset."""
         env = os.environ if environ is None else environ
         key = env.get(API_KEY_ENV, "").strip()
+        folder = str(data_dir or "").strip() or env.get("DATA_DIR", "").strip()
+        gateway_text = (gateway or "").strip() or env.get("DATABENTO_GATEWAY", "").strip()
         return cls(
             api_key=Secret(key) if key else None,
-            gateway=normalize_gateway(gateway or env.get("DATABENTO_GATEWAY") or None),
-            data_dir=Path(data_dir or env.get("DATA_DIR") or REPO_DATA_DIR).expanduser(),
-            max_cost=max_cost if max_cost is not None else parse_max_cost(env),
+            data_dir=Path(folder).expanduser() if folder else REPO_DATA_DIR,
+            gateway_text=gateway_text or None,
+            max_cost_flag=max_cost,
+            max_cost_env=env.get("DATABENTO_MAX_COST", "").strip(),
         )
 
     def require_key(self) -> Secret:
@@ -67,23 +80,37 @@ class Settings:
             )
         return self.api_key
 
+    def gateway_url(self) -> str | None:
+        """The gateway as the SDK wants it; refused (exit 2) before any connection if malformed."""
+        return normalize_gateway(self.gateway_text, self.api_key.reveal() if self.api_key else "")
 
-def parse_max_cost(env: Mapping[str, str]) -> float | None:
-    raw = env.get("DATABENTO_MAX_COST", "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
+    def budget(self) -> float | None:
+        """--max-cost, else DATABENTO_MAX_COST; refused (exit 2) unless a finite USD >= 0."""
+        if self.max_cost_flag is not None:
+            return valid_budget(self.max_cost_flag, f"--max-cost {self.max_cost_flag}")
+        if not self.max_cost_env:
+            return None
+        try:
+            value = float(self.max_cost_env)
+        except ValueError:
+            value = math.nan
+        return valid_budget(value, f"DATABENTO_MAX_COST={self.max_cost_env!r}")
+
+
+def valid_budget(value: float, source: str) -> float:
+    if not math.isfinite(value) or value < 0:
         raise InvalidInputError(
-            f"DATABENTO_MAX_COST={raw!r} is not a number of USD >= 0: set it like 25.00 or unset it"
+            f"{source} is not a number of USD >= 0: pass an amount like 25.00 (or leave it unset)"
         )
     return value
 
 
-def normalize_gateway(raw: str | None) -> str | None:
+def looks_like_api_key(text: str, key: str) -> bool:
+    """`db-` and 29 characters, or the configured key itself, in any case."""
+    return bool(API_KEY_SHAPE.search(text)) or bool(key and key.lower() in text.lower())
+
+
+def normalize_gateway(raw: str | None, key: str = "") -> str | None:
     """`127.0.0.1:8443`, `host:port` or an https URL -> `https://host[:port]` for the SDK.
 
     The SDK rewrites any gateway to https and mangles `localhost:8443` (read as a URL scheme),
@@ -93,6 +120,12 @@ def normalize_gateway(raw: str | None) -> str | None:
         return None
     text = raw.strip()
     fix = "use HOST:PORT or https://HOST[:PORT], e.g. --gateway 127.0.0.1:8443"
+    if looks_like_api_key(text, key):
+        # Never echoed, and never looked up in DNS: it would leave the machine.
+        raise InvalidInputError(
+            f"the gateway (--gateway / DATABENTO_GATEWAY) looks like an API key: {fix}; "
+            f"the key belongs in {API_KEY_ENV}"
+        )
     if "://" not in text:
         text = f"https://{text}"
     parts = urlsplit(text)

@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--frames", choices=("single", "per_day"), default="single")
     serve.add_argument(
+        "--no-session-answer",
+        choices=("empty", "422"),
+        default="empty",
+        help="a range with no session day (e.g. a weekend): empty stream, or 422 unresolved",
+    )
+    serve.add_argument(
         "--frame-cache-mb",
         type=int,
         default=0,
@@ -83,6 +89,7 @@ def serve(args: argparse.Namespace) -> int:
         throttle_bytes_per_s=args.throttle_bytes_per_s,
         frames=args.frames,
         frame_cache_mb=args.frame_cache_mb,
+        no_session_answer=args.no_session_answer,
         host=args.host,
         port=args.port,
     )

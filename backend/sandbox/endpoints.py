@@ -20,7 +20,12 @@ from backend.sandbox.catalog import (
 )
 from backend.sandbox.dbnstream import encode_body, encode_cached_days, encode_metadata
 from backend.sandbox.fixtures import Fixture, fixture_key
-from backend.sandbox.records import count_records, iter_range_days, iter_range_records
+from backend.sandbox.records import (
+    count_records,
+    iter_range_days,
+    iter_range_records,
+    iter_session_days,
+)
 from backend.sandbox.timestamps import (
     NS_PER_DAY,
     ceil_date,
@@ -152,15 +157,27 @@ def _range_payload(gw: SandboxGateway, dataset: str, start_ns: int, end_ns: int)
     }
 
 
-def _check_time_range(gw: SandboxGateway, dataset: str, start_ns: int, end_ns: int) -> None:
-    """The real server's 422 range cases, in the order it reports them."""
+def _check_time_range(
+    gw: SandboxGateway,
+    dataset: str,
+    start_ns: int,
+    end_ns: int,
+    *,
+    fields: tuple[str, str] = ("start", "end"),
+) -> None:
+    """The real server's 422 range cases, in the order it reports them.
+
+    `fields` names the request's start and end parameters in the messages (symbology.resolve
+    says `start_date`/`end_date`); the payload keeps the same keys for every endpoint.
+    """
+    start_field, end_field = fields
     available_start, available_end = gw.dataset_range_ns(dataset)
     if start_ns >= end_ns:
         raise errors.business_error(
             422,
             "data_time_range_start_on_or_after_end",
-            f"Invalid time range query, `start` {format_human_ns(start_ns)} cannot be on or "
-            f"after `end` {format_human_ns(end_ns)}.",
+            f"Invalid time range query, `{start_field}` {format_human_ns(start_ns)} cannot be on "
+            f"or after `{end_field}` {format_human_ns(end_ns)}.",
             docs=errors.DOCS_TIME_RANGE,
             payload={"start": format_iso_ns(start_ns), "end": format_iso_ns(end_ns)},
         )
@@ -169,9 +186,9 @@ def _check_time_range(gw: SandboxGateway, dataset: str, start_ns: int, end_ns: i
         raise errors.business_error(
             422,
             "data_start_before_available_start",
-            f"`start` in query ('{format_human_ns(start_ns)}') was before the available start "
-            f"of dataset {dataset} ('{format_human_ns(available_start)}'). "
-            "Try requesting with a later `start`.",
+            f"`{start_field}` in query ('{format_human_ns(start_ns)}') was before the available "
+            f"start of dataset {dataset} ('{format_human_ns(available_start)}'). "
+            f"Try requesting with a later `{start_field}`.",
             docs=errors.DOCS_DATASETS,
             payload=payload,
         )
@@ -179,9 +196,9 @@ def _check_time_range(gw: SandboxGateway, dataset: str, start_ns: int, end_ns: i
         raise errors.business_error(
             422,
             "data_start_after_available_end",
-            f"`start` in query ('{format_human_ns(start_ns)}') was after the available end "
-            f"of dataset {dataset} ('{format_human_ns(available_end)}'). "
-            "Try requesting with an earlier `start`.",
+            f"`{start_field}` in query ('{format_human_ns(start_ns)}') was after the available "
+            f"end of dataset {dataset} ('{format_human_ns(available_end)}'). "
+            f"Try requesting with an earlier `{start_field}`.",
             docs=errors.DOCS_DATASETS,
             payload=payload,
         )
@@ -190,8 +207,8 @@ def _check_time_range(gw: SandboxGateway, dataset: str, start_ns: int, end_ns: i
             422,
             "data_end_after_available_end",
             f"The dataset {dataset} has data available up to '{format_human_ns(available_end)}'. "
-            f"The `end` in the query ('{format_human_ns(end_ns)}') is after the available "
-            "range. Try requesting with an earlier `end`.",
+            f"The `{end_field}` in the query ('{format_human_ns(end_ns)}') is after the "
+            f"available range. Try requesting with an earlier `{end_field}`.",
             docs=errors.DOCS_DATASETS,
             payload=payload,
         )
@@ -237,7 +254,12 @@ def parse_range_query(gw: SandboxGateway, call: ApiCall) -> RangeQuery:
     _check_time_range(gw, dataset, start_ns, end_ns)
 
     resolution = gw.catalog.resolve(dataset, symbols, ns_to_date(start_ns), ceil_date(end_ns))
-    if not resolution.mappings:
+    unresolved = not resolution.mappings
+    if not unresolved and gw.no_session_answer == "422":
+        # Like a real feed with no definitions outside sessions: nothing resolves on those days.
+        sessions = iter_session_days(resolution.mappings, start_ns=start_ns, end_ns=end_ns)
+        unresolved = next(sessions, None) is None
+    if unresolved:
         raise errors.business_error(
             422,
             "symbology_invalid_request",
@@ -422,6 +444,14 @@ def symbology_resolve(gw: SandboxGateway, call: ApiCall) -> Response:
             docs=errors.DOCS_TIME_RANGE,
             payload={"start_date": start_date.isoformat(), "end_date": end_date.isoformat()},
         )
+    # end_date is exclusive: the request reaches its midnight, which must be available.
+    _check_time_range(
+        gw,
+        dataset,
+        date_to_ns(start_date),
+        date_to_ns(end_date),
+        fields=("start_date", "end_date"),
+    )
     resolution = gw.catalog.resolve(dataset, symbols, start_date, end_date)
     if not resolution.mappings:
         status, message = 2, "Not found"

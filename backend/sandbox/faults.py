@@ -15,11 +15,30 @@ logger = logging.getLogger(__name__)
 class Fault:
     """The next `times` requests to `endpoint` (that `match` accepts) fail this way.
 
+    Every endpoint consults the faults (timeseries.get_range, every metadata.* endpoint,
+    symbology.resolve, and unknown paths), after recording the request and before answering.
+
+    endpoint: the API name the fault applies to, e.g. "metadata.get_cost" (the path after /v0/).
+    times: how many matching requests it hits before it is used up.
+    match: called with the request's parameters (query and form); only requests it accepts
+    count, e.g. `lambda params: params.get("schema") == "tbbo"`.
     status: answer with this HTTP status and a realistic JSON error body (`detail` overrides
     the body's detail) plus `Retry-After` when `retry_after` is set.
+    retry_after: the `Retry-After` header value sent with `status` (seconds, any size, e.g.
+    86400; a string is sent verbatim).
+    detail: the error body's `detail` verbatim, instead of the realistic one for `status`.
     cut_after_bytes: send the response normally but drop the connection after that many body
     bytes, without the final zero-length chunk (also when the body is shorter).
-    delay_s: wait this long before answering (read-timeout tests).
+    delay_s: stall the first byte: wait this long before sending anything, status line
+    included (a client's read timeout fires before the response starts).
+    stall_after_bytes, stall_s: stall mid-body: send the status, headers and that many body
+    bytes, then send nothing for `stall_s` seconds with the connection left open (a client's
+    read timeout fires mid-stream), then the rest. A body no longer than that stalls before
+    its final zero-length chunk; a JSON body stalls before its last byte at the latest. Both
+    fields go together; use a large `stall_s` to stall until reset().
+
+    reset() and stop() end every `delay_s`/`stall_s` wait in progress and drop its connection,
+    so an abandoned stalled request never holds a handler thread.
     """
 
     endpoint: str = "timeseries.get_range"
@@ -30,16 +49,29 @@ class Fault:
     match: Callable[[dict[str, str]], bool] | None = None
     detail: dict[str, Any] | str | None = None
     delay_s: float = 0.0
+    stall_after_bytes: int | None = None
+    stall_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.status is None and self.cut_after_bytes is None and self.delay_s <= 0:
-            raise ValueError("a Fault needs a status, cut_after_bytes or delay_s")
+        if (
+            self.status is None
+            and self.cut_after_bytes is None
+            and self.delay_s <= 0
+            and self.stall_after_bytes is None
+        ):
+            raise ValueError(
+                "a Fault needs a status, cut_after_bytes, delay_s or stall_after_bytes"
+            )
         if self.status is not None and not 400 <= self.status <= 599:
             raise ValueError(f"fault status must be 4xx/5xx, got {self.status}")
         if self.times < 1:
             raise ValueError("times must be >= 1")
         if self.cut_after_bytes is not None and self.cut_after_bytes < 0:
             raise ValueError("cut_after_bytes must be >= 0")
+        if (self.stall_after_bytes is None) != (self.stall_s <= 0):
+            raise ValueError("stall_after_bytes and a positive stall_s go together")
+        if self.stall_after_bytes is not None and self.stall_after_bytes < 0:
+            raise ValueError("stall_after_bytes must be >= 0")
 
     @property
     def retry_after_header(self) -> str | None:

@@ -53,11 +53,16 @@ class SandboxGateway:
         frames: Literal["single", "per_day"] = "single",
         compression_level: int = 1,
         frame_cache_mb: int = 0,
+        no_session_answer: Literal["empty", "422"] = "empty",
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         if frames not in ("single", "per_day"):
             raise ValueError(f"frames must be 'single' or 'per_day', got {frames!r}")
+        if no_session_answer not in ("empty", "422"):
+            raise ValueError(
+                f"no_session_answer must be 'empty' or '422', got {no_session_answer!r}"
+            )
         self._initial_settings: dict[str, Any] = {
             "records_per_day": records_per_day,
             "available_end": available_end,
@@ -67,6 +72,7 @@ class SandboxGateway:
             "price_per_gb": price_per_gb,
             "frames": frames,
             "compression_level": compression_level,
+            "no_session_answer": no_session_answer,
         }
         self.records_per_day: int = records_per_day
         self.available_end: datetime | date | str | None = available_end
@@ -76,6 +82,10 @@ class SandboxGateway:
         self.price_per_gb: float = price_per_gb
         self.frames: Literal["single", "per_day"] = frames
         self.compression_level: int = compression_level
+        # A range with no session day for its symbols (records.iter_session_days), e.g. a
+        # weekend: "empty" streams a header without records (counts 0), "422" refuses it with
+        # symbology_invalid_request like a range where no symbol resolves.
+        self.no_session_answer: Literal["empty", "422"] = no_session_answer
         # per_day only: serve repeated days from memory, see dbnstream.FrameCache
         self.frame_cache = FrameCache(frame_cache_mb * 2**20) if frame_cache_mb else None
         self.catalog: SymbolCatalog = default_catalog()
@@ -85,6 +95,8 @@ class SandboxGateway:
         self.requests: list[RecordedRequest] = []
         self._dataset_ranges: dict[str, tuple[int, int]] = {}
         self._requests_lock = threading.Lock()
+        # Set by reset()/stop() to end the injected stalls in progress, then replaced.
+        self._stall_release = threading.Event()
         self._host, self._port = host, port
         self._server: SandboxHttpServer | None = None
         self._thread: threading.Thread | None = None
@@ -119,6 +131,7 @@ class SandboxGateway:
         if server is None:
             return
         server.stopping.set()
+        self._release_stalls()
         server.shutdown()
         server.abort_connections()
         server.server_close()
@@ -167,7 +180,11 @@ class SandboxGateway:
     # test controls
 
     def reset(self) -> None:
-        """Forget requests, faults, added symbols/fixtures, degraded days; restore settings."""
+        """Forget requests, faults, added symbols/fixtures, degraded days; restore settings.
+
+        Requests stalled by a fault (`delay_s`, `stall_s`) are dropped now, not left sleeping.
+        """
+        self._release_stalls()
         with self._requests_lock:
             self.requests.clear()
         self.faults.clear()
@@ -241,6 +258,14 @@ class SandboxGateway:
     ) -> None:
         with self._requests_lock:
             self.requests.append(RecordedRequest(method, endpoint, dict(params), key))
+
+    def stall_release(self) -> threading.Event:
+        """The event that ends a stall starting now: set by the next reset() or stop()."""
+        return self._stall_release
+
+    def _release_stalls(self) -> None:
+        released, self._stall_release = self._stall_release, threading.Event()
+        released.set()
 
     def accepts_key(self, key: str) -> bool:
         if self.api_keys is None:

@@ -101,6 +101,7 @@ _BOOK_SIZES = _u64_table(
 
 
 def is_trading_day(day: date) -> bool:
+    """Monday to Friday: the sandbox has no holiday calendar."""
     return day.weekday() < 5
 
 
@@ -413,12 +414,9 @@ def iter_range_days(
     end_ns: int,
     records_per_day: int,
 ) -> Iterator[tuple[DayKey | None, Callable[[], np.ndarray]]]:
-    """Per trading day, a function building its records in [start_ns, end_ns), and a key naming
+    """Per session day, a function building its records in [start_ns, end_ns), and a key naming
     them when they are one symbol's whole day (so a cache can skip building them)."""
-    for day in _days(ns_to_date(start_ns), ceil_date(end_ns)):
-        if not is_trading_day(day):
-            continue
-        listed = list(_listed_on(mappings, day))
+    for day, listed in iter_session_days(mappings, start_ns=start_ns, end_ns=end_ns):
         day_ns = date_to_ns(day)
         whole = start_ns <= day_ns + SESSION_OPEN_NS and day_ns + SESSION_CLOSE_NS <= end_ns
         key = None
@@ -437,6 +435,23 @@ def iter_range_days(
                 records_per_day=records_per_day,
             ),
         )
+
+
+def iter_session_days(
+    mappings: dict[str, list[SymbolInterval]], *, start_ns: int, end_ns: int
+) -> Iterator[tuple[date, list[tuple[str, int]]]]:
+    """The session days of [start_ns, end_ns), each with its listed (symbol, instrument_id).
+
+    A session day is a UTC date the range touches that is a trading day (`is_trading_day`:
+    Monday to Friday, no holiday calendar) on which at least one mapped symbol is listed.
+    Only session days can hold records, whatever the time of day the range covers.
+    """
+    for day in _days(ns_to_date(start_ns), ceil_date(end_ns)):
+        if not is_trading_day(day):
+            continue
+        listed = list(_listed_on(mappings, day))
+        if listed:
+            yield day, listed
 
 
 def _day_records(

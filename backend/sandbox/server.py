@@ -60,8 +60,36 @@ class TokenBucket:
                 raise ConnectionDroppedError
 
 
+def _stall(seconds: float, release: threading.Event, stopping: threading.Event) -> None:
+    """Send nothing for `seconds`; drop the connection if reset()/stop() ends the wait early."""
+    if release.wait(seconds) or stopping.is_set():
+        raise ConnectionDroppedError
+
+
+class _MidBodyStall:
+    """A pause of `seconds` once `after_bytes` body bytes have been sent."""
+
+    def __init__(
+        self,
+        after_bytes: int,
+        seconds: float,
+        release: threading.Event,
+        stopping: threading.Event,
+    ) -> None:
+        self.remaining = after_bytes
+        self.done = False
+        self._seconds = seconds
+        self._release = release
+        self._stopping = stopping
+
+    def run(self) -> None:
+        self.done = True
+        _stall(self._seconds, self._release, self._stopping)
+
+
 class _BodyWriter:
-    """Writes a body (chunked or fixed-length), throttled, and cut after `cut_after` bytes."""
+    """Writes a body (chunked or fixed-length), throttled, paused by `stall` and cut after
+    `cut_after` bytes."""
 
     def __init__(
         self,
@@ -71,17 +99,31 @@ class _BodyWriter:
         bucket: TokenBucket | None,
         cut_after: int | None,
         stopping: threading.Event,
+        stall: _MidBodyStall | None = None,
     ) -> None:
         self._file = sock_file
         self._stopping = stopping
         self._chunked = chunked
         self._bucket = bucket
         self._remaining_before_cut = cut_after
+        self._stall = stall
 
     def write(self, data: bytes | memoryview) -> None:
         if self._stopping.is_set():
             raise ConnectionDroppedError
         view = memoryview(data)
+        stall = self._stall
+        if stall is not None and not stall.done:
+            if stall.remaining < len(view):
+                # Send up to the stall point, pause, then go on with the rest.
+                self._send(view[: stall.remaining])
+                stall.run()
+                view = view[stall.remaining :]
+            else:
+                stall.remaining -= len(view)
+        self._send(view)
+
+    def _send(self, view: memoryview) -> None:
         step = self._bucket.burst if self._bucket else len(view) or 1
         for offset in range(0, len(view), step):
             piece = view[offset : offset + step]
@@ -98,6 +140,8 @@ class _BodyWriter:
                 raise ConnectionDroppedError
 
     def finish(self) -> None:
+        if self._stall is not None and not self._stall.done:
+            self._stall.run()
         if self._remaining_before_cut is not None:
             raise ConnectionDroppedError
         if self._chunked:
@@ -157,17 +201,24 @@ class SandboxHandler(BaseHTTPRequestHandler):
             url.path.removeprefix(API_PREFIX) if url.path.startswith(API_PREFIX) else url.path
         )
         key = _basic_auth_username(self.headers.get("Authorization"))
+        # Taken before the request is recorded: a reset() from now on ends this request's stalls.
+        release = gateway.stall_release()
         gateway.record_request(method, endpoint, params, key)
 
         fault = gateway.faults.take(endpoint, params)
-        if fault is not None and fault.delay_s > 0 and self.server.stopping.wait(fault.delay_s):
-            raise ConnectionDroppedError
+        if fault is not None and fault.delay_s > 0:
+            _stall(fault.delay_s, release, self.server.stopping)
         response = self._respond(gateway, fault, endpoint, ApiCall(method, params, key))
         cut_after = fault.cut_after_bytes if fault is not None else None
+        stall = None
+        if fault is not None and fault.stall_after_bytes is not None:
+            stall = _MidBodyStall(
+                fault.stall_after_bytes, fault.stall_s, release, self.server.stopping
+            )
         if isinstance(response, StreamResponse):
-            self._send_stream(response, gateway.throttle_bytes_per_s, cut_after)
+            self._send_stream(response, gateway.throttle_bytes_per_s, cut_after, stall)
         else:
-            self._send_json(response, cut_after)
+            self._send_json(response, cut_after, stall)
 
     def _respond(
         self, gateway: SandboxGateway, fault: Fault | None, endpoint: str, call: ApiCall
@@ -196,7 +247,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
 
-    def _send_json(self, response: JsonResponse, cut_after: int | None) -> None:
+    def _send_json(
+        self, response: JsonResponse, cut_after: int | None, stall: _MidBodyStall | None
+    ) -> None:
         payload = json.dumps(response.body).encode()
         headers = {
             "Content-Type": "application/json",
@@ -207,17 +260,25 @@ class SandboxHandler(BaseHTTPRequestHandler):
         if cut_after is not None:
             # A fixed-length body must stop short to look broken to the client.
             cut_after = min(cut_after, max(len(payload) - 1, 0))
+        if stall is not None:
+            # Likewise a stall must come before the last byte for the client to wait on it.
+            stall.remaining = min(stall.remaining, max(len(payload) - 1, 0))
         writer = _BodyWriter(
             self.wfile,
             chunked=False,
             bucket=None,
             cut_after=cut_after,
             stopping=self.server.stopping,
+            stall=stall,
         )
         writer.write(payload)
 
     def _send_stream(
-        self, response: StreamResponse, throttle: float | None, cut_after: int | None
+        self,
+        response: StreamResponse,
+        throttle: float | None,
+        cut_after: int | None,
+        stall: _MidBodyStall | None,
     ) -> None:
         self._start(response.status, {"Transfer-Encoding": "chunked", **response.headers})
         bucket = TokenBucket(throttle, self.server.stopping) if throttle else None
@@ -227,6 +288,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             bucket=bucket,
             cut_after=cut_after,
             stopping=self.server.stopping,
+            stall=stall,
         )
         try:
             for chunk in response.chunks:
