@@ -14,7 +14,7 @@ flags = $(if $(call truthy,$(FORCE)),--force) $(if $(call truthy,$(DRY_RUN)),--d
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e . --group dev
+	$(BIN)/python -m pip install --quiet -e '.[sandbox]' --group dev
 	touch $(READY)
 
 data: $(READY)

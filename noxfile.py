@@ -20,5 +20,5 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "test", "tasks"))
+    session.install("-e", ".[sandbox]", *nox.project.dependency_groups(PYPROJECT, "test", "tasks"))
     session.run("pytest", *session.posargs, env={"TERM": "dumb", "NO_COLOR": "1"})

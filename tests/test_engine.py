@@ -212,6 +212,8 @@ def test_disk_full_exits_1_and_leaves_nothing_at_the_final_path(gateway, data_di
         pytest.skip("mounting a tmpfs is not permitted here")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "No space left on device" in done.stderr
+    assert f"under {tiny}/raw/databento/AAPL/2023" in done.stderr
+    assert "MB free there" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert "TRADES.dbn.zst" not in done.stdout.split("Summary")[-1].replace(".TRADES", "")
     assert ".tmp" not in done.stdout.split("\n\n", 1)[-1]
@@ -303,7 +305,7 @@ def test_two_concurrent_runs_download_once(slow_gateway, tmp_path):
     """Two runs on one symbol-year: one downloads, the other waits then skips; both exit 0."""
     data_dir = tmp_path / "data"
     first = cli_process(slow_gateway, data_dir)
-    wait_for((year_folder(data_dir) / ".TRADES.lock").exists)
+    wait_for((data_dir / "raw" / "databento" / ".locks" / "AAPL" / "2023" / "TRADES.lock").exists)
     second = cli_process(slow_gateway, data_dir)
     outputs = [process.communicate(timeout=120) for process in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs

@@ -249,3 +249,34 @@ def test_scan_detects_a_wrong_record_size(tmp_path):
     """A trades file read as tbbo (or a torn record) is corrupt, not silently miscounted."""
     with pytest.raises(CorruptFileError):
         scan(FIXTURES / "test_data.trades.dbn.zst", 80)
+
+
+def test_sdk_stream_still_names_its_output_writer():
+    """client._close_leaked_writer finds the SDK's open file by this local name (databento 0.88).
+
+    If this fails after an SDK upgrade, update _close_leaked_writer and the pin together.
+    """
+    from databento.common.http import BentoHttpAPI
+
+    assert "writer" in BentoHttpAPI._stream.__code__.co_varnames
+
+
+def test_client_translates_sdk_errors_and_lets_our_bugs_surface(api_key):
+    """A transport failure becomes a retryable error; a TypeError of ours stays a TypeError."""
+    import requests
+
+    from backend.jobs.client import DatabentoClient
+    from backend.jobs.errors import TransientError
+
+    client = DatabentoClient(Secret(api_key), "https://127.0.0.1:1")
+
+    def transport_failure() -> None:
+        raise requests.ConnectionError("connection refused")
+
+    def our_bug() -> None:
+        raise TypeError("unsupported operand")
+
+    with pytest.raises(TransientError, match="connection refused"):
+        client._call(transport_failure, "what")
+    with pytest.raises(TypeError):
+        client._call(our_bug, "what")
