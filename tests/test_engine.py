@@ -97,7 +97,7 @@ def test_rate_limit_waits_for_retry_after(gateway, cli, data_dir):
     ("status", "detail", "code"),
     [
         (401, None, 3),
-        (422, {"case": "symbology_invalid_request", "message": "None of the symbols"}, 2),
+        (422, {"case": "data_schema_not_fully_available", "message": "not available"}, 2),
         (402, None, 1),
     ],
 )
@@ -287,17 +287,38 @@ def test_kill_9_then_rerun_resumes_without_refetching_finished_chunks(
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_130_keeps_parts_and_leaves_no_temp_file(slow_gateway, tmp_path):
-    """Interrupting is safe: exit 130, finished chunks kept for the resume, no temp files."""
+@pytest.mark.parametrize(
+    ("signum", "code", "says"),
+    [
+        (signal.SIGINT, 130, "interrupted"),
+        (signal.SIGTERM, 143, "stopped by SIGTERM"),
+        (signal.SIGHUP, 129, "stopped by SIGHUP"),
+    ],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)
+def test_signal_ends_the_run_cleanly_and_the_rerun_fetches_only_missing_chunks(
+    slow_gateway, tmp_path, signum, code, says
+):
+    """Ctrl-C, docker stop and a closed terminal: prompt exit, one line, parts kept, no temps."""
     data_dir = tmp_path / "data"
     run = cli_process(slow_gateway, data_dir)
     wait_for(lambda: len(finished_parts(data_dir)) >= 1 and leftovers(data_dir))
-    run.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    run.send_signal(signum)
     out, err = run.communicate(timeout=30)
-    assert run.returncode == 130, out + err
-    assert "interrupted" in err
-    assert finished_parts(data_dir)
+    assert time.monotonic() - sent < 5
+    assert run.returncode == code, out + err
+    assert [line for line in err.splitlines() if line.strip()] == [err.strip()]
+    assert says in err
+    kept = {part.name for part in finished_parts(data_dir)}
+    assert kept
     assert leftovers(data_dir) == []
+    slow_gateway.reset()
+    rerun = cli_process(slow_gateway, data_dir, "--jobs", "4")
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, out + err
+    assert len(kept) + slow_gateway.count("timeseries.get_range") == 12
+    assert f"reused_chunks={len(kept)}" in out
 
 
 @pytest.mark.slow
@@ -321,7 +342,7 @@ def test_merge_fixes_a_header_predicted_wrongly_from_symbology(
     """The header is written first from the preflight's symbology; if the chunks' metadata
     disagrees, the chunks win and the file still equals a single full-year request."""
     from backend.jobs import preflight
-    from backend.jobs.merge import HeaderFields
+    from backend.jobs.dbnfile import HeaderFields
 
     def wrong_header(answer, symbol, span):
         return HeaderFields({symbol: []}, partial=[], not_found=[])

@@ -139,3 +139,28 @@ def test_parse_timestamp_ns_reads_databento_formats(text, ns):
     """The server answers with nanosecond ISO strings; dates alone mean midnight UTC."""
     assert parse_timestamp_ns(text) == ns
     assert parse_timestamp_ns(format_ns(ns)) == ns
+
+
+def test_split_listed_skips_gaps_and_keeps_calendar_bounds_across_id_changes():
+    """A delisted stretch is never requested; an instrument id change is no chunk boundary."""
+    from backend.jobs.plan import TimeRange, date_ns, split_listed, year_range
+
+    def days(first: date, last: date) -> TimeRange:
+        return TimeRange(date_ns(first), date_ns(last))
+
+    listed = [
+        days(date(2023, 1, 1), date(2023, 3, 15)),
+        days(date(2023, 3, 15), date(2023, 4, 10)),  # same listing, new instrument id
+        days(date(2023, 9, 1), date(2024, 1, 1)),  # relisted after a gap
+    ]
+    chunks = split_listed(year_range(2023), listed, "month")
+    assert [(c.start[:10], c.end[:10]) for c in chunks] == [
+        ("2023-01-01", "2023-02-01"),
+        ("2023-02-01", "2023-03-01"),
+        ("2023-03-01", "2023-04-01"),
+        ("2023-04-01", "2023-04-10"),
+        ("2023-09-01", "2023-10-01"),
+        ("2023-10-01", "2023-11-01"),
+        ("2023-11-01", "2023-12-01"),
+        ("2023-12-01", "2024-01-01"),
+    ]

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from backend.jobs.chunks import RetryPolicy
-from backend.jobs.dbnfile import read_metadata, scan
+from backend.jobs.dbnfile import coalesce, read_metadata, scan
 from backend.jobs.decision import Action, CacheKey, CacheState, OnDisk, decide
 from backend.jobs.errors import CorruptFileError, InvalidInputError
 from backend.jobs.logs import secret_pattern
 from backend.jobs.manifest import ManifestEntry, RecordedRequest, parse_manifest
-from backend.jobs.merge import coalesce
+from backend.jobs.retry import RetryPolicy
 from backend.jobs.settings import Secret, Settings, normalize_gateway
 from tests.helpers import FIXTURES
 
@@ -266,9 +265,9 @@ def test_client_translates_sdk_errors_and_lets_our_bugs_surface(api_key):
     import requests
 
     from backend.jobs.client import DatabentoClient
-    from backend.jobs.errors import TransientError
+    from backend.jobs.errors import IngestError
 
-    client = DatabentoClient(Secret(api_key), "https://127.0.0.1:1")
+    client = DatabentoClient(Secret(api_key), "https://127.0.0.1:1", policy=RetryPolicy(retries=0))
 
     def transport_failure() -> None:
         raise requests.ConnectionError("connection refused")
@@ -276,7 +275,30 @@ def test_client_translates_sdk_errors_and_lets_our_bugs_surface(api_key):
     def our_bug() -> None:
         raise TypeError("unsupported operand")
 
-    with pytest.raises(TransientError, match="connection refused"):
+    with pytest.raises(IngestError, match="connection refused"):
         client._call(transport_failure, "what")
     with pytest.raises(TypeError):
         client._call(our_bug, "what")
+
+
+def test_sdk_requests_still_read_their_timeout_from_the_instance():
+    """--timeout shadows BentoHttpAPI.TIMEOUT per client (databento 0.88); a change breaks it."""
+    import databento
+    from databento.common.http import BentoHttpAPI
+
+    assert BentoHttpAPI.TIMEOUT == 100
+    for method in (BentoHttpAPI._stream, BentoHttpAPI._get, BentoHttpAPI._post):
+        assert "TIMEOUT" in method.__code__.co_names
+    client = databento.Historical(key="db-" + "a" * 29)
+    assert all(
+        isinstance(api, BentoHttpAPI)
+        for api in (client.metadata, client.symbology, client.timeseries)
+    )
+
+
+def test_retry_policy_refuses_a_retry_after_above_its_cap():
+    """Retry-After up to the cap is honoured; above it, the wait is refused."""
+    policy = RetryPolicy()
+    assert not policy.refuses_wait(None)
+    assert not policy.refuses_wait(60)
+    assert policy.refuses_wait(86400)

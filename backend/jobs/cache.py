@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import stat
 import threading
 import uuid
@@ -134,7 +135,7 @@ def remove_stale_temps(folder: Path, *names: str) -> int:
     """Delete temp files a killed run left in `folder` for `names` (final names; none: any).
 
     Only call while holding the lock of what they belong to. Removes nothing but regular files
-    named exactly as `temp_path_for` names them; an absent folder holds none.
+    and real folders named exactly as `temp_path_for` names them; an absent folder holds none.
     """
     removed = 0
     try:
@@ -144,8 +145,8 @@ def remove_stale_temps(folder: Path, *names: str) -> int:
     for entry in entries:
         match = TEMP_NAME.match(entry.name)
         wanted = match is not None and (not names or match["name"] in names)
-        if wanted and entry.is_file(follow_symlinks=False):
-            Path(entry.path).unlink(missing_ok=True)
+        if wanted and (entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)):
+            remove_temp(Path(entry.path))
             removed += 1
     return removed
 
@@ -195,12 +196,18 @@ class ScratchFiles:
             self._paths.add(path)
         return path
 
+    def new_dir(self, final: Path) -> Path:
+        """A temp folder beside `final`, for a file written by code that cannot be stopped."""
+        path = self.new(final)
+        path.mkdir()
+        return path
+
     def forget(self, path: Path) -> None:
         with self._lock:
             self._paths.discard(path)
 
     def discard(self, path: Path) -> None:
-        path.unlink(missing_ok=True)
+        remove_temp(path)
         self.forget(path)
 
     def remove_all(self) -> None:
@@ -208,4 +215,25 @@ class ScratchFiles:
             paths, self._paths = self._paths, set()
         for path in paths:
             with contextlib.suppress(OSError):
+                remove_temp(path)
+
+
+def remove_temp(path: Path, attempts: int = 5) -> None:
+    """Delete a temp file, or a temp folder with what is in it.
+
+    Retried while a writer that was abandoned (a stopped download) still adds its file: once
+    the folder is gone, that writer can no longer create anything.
+    """
+    for attempt in range(attempts):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
                 path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            return
+        except OSError:
+            if attempt + 1 == attempts:
+                raise
+            continue
+        return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -13,28 +12,15 @@ from typing import BinaryIO, Protocol
 from loguru import logger
 
 from backend.jobs.cache import ScratchFiles, publish
-from backend.jobs.client import STYPE_IN, STYPE_OUT, RangeRequest
-from backend.jobs.dbnfile import PartFile, StreamSummary, scan
-from backend.jobs.errors import CorruptFileError, IngestError, TransientError
-from backend.jobs.plan import TimeRange, format_ns
+from backend.jobs.client import RangeRequest
+from backend.jobs.dbnfile import HeaderFields, PartFile, StreamSummary, encode_header, scan
+from backend.jobs.errors import CancelledError, CorruptFileError, NoDataError, TransientError
+from backend.jobs.plan import STYPE_IN, STYPE_OUT, TimeRange, format_ns
+from backend.jobs.retry import RetryPolicy, retrying
 
 
 class Downloader(Protocol):
     def download(self, request: RangeRequest, path: Path) -> None: ...
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Capped exponential backoff with jitter; the server's Retry-After wins when longer."""
-
-    retries: int = 5
-    base_delay_s: float = 0.5
-    max_delay_s: float = 30.0
-
-    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        backoff = min(self.max_delay_s, self.base_delay_s * 2**attempt)
-        jittered = backoff * (0.5 + rng.random() / 2)
-        return max(jittered, retry_after or 0.0)
 
 
 @dataclass(frozen=True)
@@ -70,15 +56,18 @@ class GrowingFile:
     POLL_S = 0.02
     LAG_BYTES = 1 << 18
 
-    def __init__(self, path: Path, done: threading.Event) -> None:
+    def __init__(self, path: Path, done: threading.Event, stop: threading.Event) -> None:
         self.name = path.name
         self._path = path
         self._done = done
+        self._stop = stop
         self._handle: BinaryIO | None = None
         self._position = 0
 
     def read(self, size: int) -> bytes:
         while True:
+            if self._stop.is_set():
+                raise CancelledError(f"{self.name}: cancelled")
             finished = self._done.is_set()  # checked before reading, so no byte is missed
             if self._handle is None and self._path.exists():
                 self._handle = self._path.open("rb")
@@ -97,14 +86,36 @@ class GrowingFile:
             self._handle.close()
 
 
+def has_weekday(span: TimeRange) -> bool:
+    """Pure: whether [start, end) touches a Monday to Friday (UTC dates)."""
+    from datetime import timedelta
+
+    from backend.jobs.plan import ns_to_datetime
+
+    day = ns_to_datetime(span.start_ns).date()
+    last = ns_to_datetime(span.end_ns - 1).date()
+    while day <= last:
+        if day.weekday() < 5:
+            return True
+        day += timedelta(days=1)
+    return False
+
+
 def download_and_check(
     client: Downloader,
     request: RangeRequest,
     served: Path,
     record_size: int,
     recode_to: Path | None,
+    *,
+    stop: threading.Event,
 ) -> StreamSummary:
-    """Stream a chunk to `served` while checking (and re-encoding) what has arrived so far."""
+    """Stream a chunk to `served` while checking (and re-encoding) what has arrived so far.
+
+    The SDK streams on a daemon thread: when the run stops, the check ends at once and the
+    stream is abandoned (its read is bounded by --timeout, and its folder is removed so it
+    cannot leave a file behind); otherwise the stream is always waited for.
+    """
     done = threading.Event()
     failure: list[BaseException] = []
 
@@ -116,11 +127,15 @@ def download_and_check(
         finally:
             done.set()
 
-    fetcher = threading.Thread(target=fetch, name=f"{threading.current_thread().name}-fetch")
+    fetcher = threading.Thread(
+        target=fetch, name=f"{threading.current_thread().name}-fetch", daemon=True
+    )
     fetcher.start()
-    growing = GrowingFile(served, done)
+    growing = GrowingFile(served, done, stop)
     try:
         summary = check_part(growing, request, record_size, recode_to=recode_to)
+    except CancelledError:
+        raise
     except BaseException:
         fetcher.join()  # never leave the SDK writing a file that is about to be deleted
         if failure:  # a broken download explains a broken part better than the part does
@@ -169,8 +184,13 @@ def fetch_chunk(
     stop: threading.Event,
     label: str,
     as_served: bool = False,
+    empty_header: HeaderFields | None = None,
 ) -> Part:
-    """Reuse a valid part from an earlier run, or download, check, re-encode and publish it."""
+    """Reuse a valid part from an earlier run, or download, check, re-encode and publish it.
+
+    With `empty_header`, a chunk the service refuses as holding nothing to resolve (a range
+    with no session day) becomes an empty part with that header, as an empty stream would.
+    """
     final = part_path(parts_dir, request.span)
     if final.exists():
         try:
@@ -180,43 +200,41 @@ def fetch_chunk(
         except CorruptFileError as exc:
             logger.warning("{}: discarding unusable part {}: {}", label, final.name, exc)
             final.unlink(missing_ok=True)
-    rng = random.Random()  # noqa: S311  jitter, not cryptography
-    attempts = policy.retries + 1
-    for attempt in range(attempts):
-        if stop.is_set():
-            raise IngestError(f"{label}: cancelled")
-        served = scratch.new(final)
+
+    def attempt() -> Part:
+        inflight = scratch.new_dir(final)  # the SDK's file lives here until it is checked
+        served = inflight / final.name
         recoded = None if as_served else scratch.new(final)
         try:
             began = time.monotonic()
-            summary = download_and_check(client, request, served, record_size, recoded)
+            try:
+                summary = download_and_check(
+                    client, request, served, record_size, recoded, stop=stop
+                )
+            except NoDataError:
+                if empty_header is None:
+                    raise
+                # Expected for a chunk of weekend or holiday days; worth a look otherwise.
+                level = "DEBUG" if not has_weekday(request.span) else "WARNING"
+                logger.log(level, "{}: the service resolves nothing here; an empty part", label)
+                served.write_bytes(PartFile.header_frame(encode_header(request, empty_header)))
+                summary = check_part(served, request, record_size, recode_to=recoded)
             publish(recoded or served, final)
             logger.debug(
                 "{}: {} records, {} bytes kept, in {:.2f}s",
                 *(label, summary.records, summary.bytes, time.monotonic() - began),
             )
-            return Part(
-                request,
-                final,
-                summary,
-                downloaded=True,
-                layout=None if recoded is None else PartFile.written(final, summary.metadata_bytes),
-            )
-        except (TransientError, CorruptFileError) as exc:
-            if attempt + 1 == attempts:
-                raise IngestError(
-                    f"{label} failed after {attempts} attempts: {exc}; "
-                    "run the same command again to resume (finished chunks are kept)"
-                ) from None
-            delay = policy.delay(attempt, getattr(exc, "retry_after", None), rng)
-            logger.warning(
-                "{}: retry {}/{} in {:.1f}s after: {}",
-                *(label, attempt + 1, policy.retries, delay, exc),
-            )
-            if stop.wait(delay):
-                raise IngestError(f"{label}: cancelled") from None
+            layout = None if recoded is None else PartFile.written(final, summary.metadata_bytes)
+            return Part(request, final, summary, downloaded=True, layout=layout)
         finally:
-            scratch.discard(served)
+            scratch.discard(inflight)
             if recoded is not None:
                 scratch.discard(recoded)
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    return retrying(
+        attempt,
+        policy=policy,
+        stop=stop,
+        label=label,
+        retry_on=(TransientError, CorruptFileError),
+    )

@@ -5,15 +5,25 @@ The only module that imports typer; errors raised anywhere below are mapped to e
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from loguru import logger
 
-from backend.jobs.errors import EXIT_FAILED, EXIT_INTERRUPTED, IngestError, InvalidInputError
+from backend.jobs.client import DEFAULT_TIMEOUT_S
+from backend.jobs.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    IngestError,
+    InvalidInputError,
+    StopRequestedError,
+)
 from backend.jobs.logs import setup_logging, warnings_logged
 from backend.jobs.plan import (
     CHUNKINGS,
@@ -22,6 +32,7 @@ from backend.jobs.plan import (
     parse_products,
     validate_year,
 )
+from backend.jobs.retry import MAX_RETRY_AFTER_S
 from backend.jobs.settings import Settings
 
 if TYPE_CHECKING:
@@ -30,10 +41,12 @@ if TYPE_CHECKING:
 EXIT_CODES_HELP = """\b
 Exit codes:
   0    success (downloaded, or already cached)
-  1    ingestion failed (server error, network, disk); finished chunks are kept
+  1    ingestion failed (server error, network, timeout, disk); finished chunks are kept
   2    invalid input (flags, symbol, year, product, dataset, budget)
   3    credentials (DATABENTO_API_KEY missing or rejected)
+  129  stopped by SIGHUP (terminal closed); run the same command again to resume
   130  interrupted (Ctrl-C); run the same command again to resume
+  143  stopped by SIGTERM (docker stop, systemd, timeout); run it again to resume
 """
 
 ENV_HELP = """\b
@@ -104,8 +117,23 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     ] = "month",
     jobs: Annotated[int, typer.Option(min=1, max=32, help="Concurrent chunk downloads.")] = 4,
     retries: Annotated[
-        int, typer.Option(min=0, max=20, help="Retries per chunk for transient failures.")
+        int,
+        typer.Option(
+            min=0,
+            max=20,
+            help="Retries per request (chunk, metadata or symbology) for transient failures; "
+            f"a Retry-After above {MAX_RETRY_AFTER_S:.0f}s is not waited for.",
+        ),
     ] = 5,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            max=600,
+            help="Seconds without a byte from the server before a request is given up "
+            "(then retried like any transient failure).",
+        ),
+    ] = DEFAULT_TIMEOUT_S,
     lock_timeout: Annotated[
         float, typer.Option(min=0, help="Seconds to wait for another run on the same files.")
     ] = 600.0,
@@ -162,13 +190,14 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
             chunking=_valid_chunking(chunk),
             jobs=jobs,
             retries=retries,
+            timeout_s=timeout,
             lock_timeout_s=lock_timeout,
             dry_run=dry_run,
         )
         show_tables = not quiet and not log_json
         progress = RichProgress() if wants_progress(quiet, log_json) and not dry_run else None
         try:
-            with warnings_logged():
+            with warnings_logged(), stop_on_signals():
                 report = run_ingest(request, settings, progress=progress or NullProgress())
         finally:
             if progress:
@@ -184,9 +213,12 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise _fail(IngestError(f"file system error{where}: {exc.strerror or exc}")) from None
-    except KeyboardInterrupt:
-        logger.error("interrupted: finished chunks are kept; run the same command again to resume")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as stopped:
+        how, code = "interrupted", EXIT_INTERRUPTED
+        if isinstance(stopped, StopRequestedError):
+            how, code = f"stopped by {stopped.signal_name}", stopped.exit_code
+        logger.error("{}: finished chunks are kept; run the same command again to resume", how)
+        raise typer.Exit(code) from None
 
 
 def _cached(
@@ -304,16 +336,48 @@ def _valid_chunking(text: str) -> str:
     return value
 
 
-def main() -> None:
-    """Entry point: exit immediately on Ctrl-C instead of waiting for in-flight downloads."""
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind the run like Ctrl-C does; each handler raises only once.
+
+    A second signal during the clean-up is ignored rather than cutting it short.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        if received:
+            return
+        received.append(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise StopRequestedError(signal.Signals(signum).name, 128 + signum)
+
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, handler) for signum in watched}
     try:
-        app()
-    except SystemExit as exit_:
-        if exit_.code == EXIT_INTERRUPTED:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_INTERRUPTED)
-        raise
+        yield
+    finally:
+        for signum, old_handler in previous.items():
+            signal.signal(signum, old_handler)
+
+
+def main() -> None:
+    """Entry point: usage errors are one line (one JSON line with --log-json), like all others."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors derive from it (typer 0.28)
+        if "--log-json" in sys.argv[1:]:
+            setup_logging(json_lines=True)
+            logger.error("{}", exc.format_message())
+        else:
+            exc.show()  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

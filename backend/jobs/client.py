@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import errno
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,15 +17,25 @@ from backend.jobs.errors import (
     DiskFullError,
     IngestError,
     InvalidInputError,
+    NoDataError,
     TransientError,
 )
-from backend.jobs.plan import TimeRange, parse_timestamp_ns, symbology_end_date
+from backend.jobs.plan import (
+    STYPE_IN,
+    STYPE_OUT,
+    TimeRange,
+    parse_timestamp_ns,
+    symbology_end_date,
+)
+from backend.jobs.retry import RetryPolicy, retrying
+from backend.jobs.threads import run_concurrently
 
 if TYPE_CHECKING:
     from backend.jobs.settings import Secret
 
-STYPE_IN = "raw_symbol"
-STYPE_OUT = "instrument_id"
+DEFAULT_TIMEOUT_S = 30.0
+# The 422 case the service answers when a range holds nothing to resolve (e.g. no session day).
+NOTHING_TO_RESOLVE = "symbology_invalid_request"
 WRITE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES}
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -52,9 +62,21 @@ class RangeRequest:
 
 
 class DatabentoClient:
-    """A thin facade over the SDK calls we make; every SDK exception leaves as an IngestError."""
+    """A thin facade over the SDK calls we make; every SDK exception leaves as an IngestError.
 
-    def __init__(self, key: Secret, gateway: str | None) -> None:
+    Metadata and symbology calls are retried here with the run's policy; chunk downloads are
+    retried by the chunk engine, which also validates what arrived.
+    """
+
+    def __init__(
+        self,
+        key: Secret,
+        gateway: str | None,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        policy: RetryPolicy | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         import databento
 
         options: dict[str, str] = {"key": key.reveal()}
@@ -64,17 +86,30 @@ class DatabentoClient:
             self._sdk = databento.Historical(**options)
         except ValueError as exc:
             raise CredentialsError(f"the API key was refused by the SDK: {exc}") from None
+        # The SDK reads BentoHttpAPI.TIMEOUT (connect and read, seconds) on every request; an
+        # instance attribute shadows the class's 100 s (pinned by a test).
+        for api in (self._sdk.metadata, self._sdk.symbology, self._sdk.timeseries):
+            api.TIMEOUT = timeout_s
+        self.timeout_s = timeout_s
+        self._policy = policy or RetryPolicy()
+        self._stop = stop or threading.Event()
 
     def dataset_range(self, dataset: str) -> dict[str, TimeRange]:
         """Per-schema available [start, end); top-level end is a max over schemas, so not used."""
-        answer = self._call(self._sdk.metadata.get_dataset_range, f"dataset {dataset}", dataset)
-        default = TimeRange(parse_timestamp_ns(answer["start"]), parse_timestamp_ns(answer["end"]))
-        ranges = {}
-        for schema, bounds in (answer.get("schema") or {}).items():
-            if bounds and bounds.get("start") and bounds.get("end"):
-                ranges[schema] = TimeRange(
-                    parse_timestamp_ns(bounds["start"]), parse_timestamp_ns(bounds["end"])
-                )
+        what = f"dataset range of {dataset}"
+        answer = self._call(self._sdk.metadata.get_dataset_range, what, dataset)
+        try:
+            default = TimeRange(
+                parse_timestamp_ns(answer["start"]), parse_timestamp_ns(answer["end"])
+            )
+            ranges = {}
+            for schema, bounds in (answer.get("schema") or {}).items():
+                if bounds and bounds.get("start") and bounds.get("end"):
+                    ranges[schema] = TimeRange(
+                        parse_timestamp_ns(bounds["start"]), parse_timestamp_ns(bounds["end"])
+                    )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise IngestError(f"unexpected answer from Databento for the {what}: {exc!r}") from None
         ranges.setdefault("*", default)
         return ranges
 
@@ -85,7 +120,7 @@ class DatabentoClient:
             store = self._sdk.timeseries.get_range(path=path, **request.params())
         except translatable() as exc:
             _close_leaked_writer(exc, path)
-            raise translate_error(exc, what) from None
+            raise translate_error(exc, what, self.timeout_s) from None
         # The returned store keeps the file open; we only wanted the bytes on disk.
         store.reader.close()
 
@@ -106,16 +141,28 @@ class DatabentoClient:
         params = request.params()
         params.pop("stype_out")
         what = f"estimate for {request.schema} {request.span}"
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="estimate") as pool:
-            size = pool.submit(self._call, self._sdk.metadata.get_billable_size, what, **params)
-            cost = pool.submit(self._call, self._sdk.metadata.get_cost, what, **params)
-            return int(size.result()), float(cost.result())
+        size, cost = run_concurrently(
+            [
+                lambda: self._call(self._sdk.metadata.get_billable_size, what, **params),
+                lambda: self._call(self._sdk.metadata.get_cost, what, **params),
+            ],
+            "estimate",
+        )
+        try:
+            return int(size), float(cost)
+        except (TypeError, ValueError) as exc:
+            raise IngestError(f"unexpected answer from Databento for the {what}: {exc}") from None
 
     def _call(self, method: Any, what: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except translatable() as exc:
-            raise translate_error(exc, what) from None
+        """One metadata or symbology call, retried like a chunk."""
+
+        def once() -> Any:
+            try:
+                return method(*args, **kwargs)
+            except translatable() as exc:
+                raise translate_error(exc, what, self.timeout_s) from None
+
+        return retrying(once, policy=self._policy, stop=self._stop, label=what)
 
 
 def _close_leaked_writer(exc: BaseException, path: Path) -> None:
@@ -172,7 +219,9 @@ def translatable() -> tuple[type[BaseException], ...]:
     return (databento.BentoError, requests.RequestException, aiohttp.ClientError, OSError)
 
 
-def translate_error(exc: BaseException, what: str) -> IngestError:  # noqa: PLR0911
+def translate_error(  # noqa: PLR0911
+    exc: BaseException, what: str, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> IngestError:
     """Map an SDK or transport exception to the error class that decides retry and exit code."""
     import databento
     import requests
@@ -187,6 +236,8 @@ def translate_error(exc: BaseException, what: str) -> IngestError:  # noqa: PLR0
             )
         if status in RETRYABLE_STATUSES:
             return TransientError(f"{what}: HTTP {status} {reason}", _retry_after(exc.headers))
+        if status == 422 and reason.startswith(NOTHING_TO_RESOLVE):
+            return NoDataError(f"Databento cannot serve {what}: {reason}")
         if status in (400, 404, 422):
             return InvalidInputError(f"Databento cannot serve {what}: {reason}")
         return IngestError(f"Databento refused {what}: HTTP {status} {reason}")
@@ -200,11 +251,22 @@ def translate_error(exc: BaseException, what: str) -> IngestError:  # noqa: PLR0
             f"TLS verification failed for the gateway while fetching {what}: "
             "check --gateway and REQUESTS_CA_BUNDLE"
         )
+    if _timed_out(exc):
+        return TransientError(f"{what}: no answer for {timeout_s:g}s (--timeout)")
     if isinstance(exc, requests.exceptions.RequestException | databento.BentoError):
         return TransientError(f"{what}: {_first_line(exc)}")
     if isinstance(exc, OSError):
         return IngestError(f"{what}: {exc.strerror or exc}")
     return TransientError(f"{what}: {_first_line(exc)}")  # aiohttp's connection errors
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A read or connect timeout, also when the SDK wrapped it in a BentoError."""
+    import requests
+
+    timeouts = (requests.exceptions.Timeout, TimeoutError)
+    text = str(exc)
+    return isinstance(exc, timeouts) or "timed out" in text
 
 
 def _os_error_in(exc: BaseException) -> OSError | None:

@@ -14,6 +14,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import zstandard
@@ -22,6 +23,9 @@ from backend.jobs.errors import CorruptFileError
 
 if TYPE_CHECKING:
     from databento_dbn import Metadata
+
+    from backend.jobs.client import RangeRequest
+    from backend.jobs.plan import TimeRange
 
 READ_SIZE = 1 << 15  # small reads keep decompressed pieces in cache and memory flat
 COPY_SIZE = 1 << 18  # copies of compressed frames: larger blocks, fewer system calls
@@ -296,6 +300,81 @@ class PartFile:
             source.seek(self.records_offset)
             while block := source.read(COPY_SIZE):
                 sink.write(block)
+
+
+def coalesce(intervals: list[tuple]) -> list[tuple]:
+    """Join (start_date, end_date, symbol) intervals that touch or overlap with the same symbol."""
+    merged: list[tuple] = []
+    for start, end, symbol in sorted(intervals):
+        if merged and merged[-1][2] == symbol and start <= merged[-1][1]:
+            previous = merged[-1]
+            merged[-1] = (previous[0], max(previous[1], end), symbol)
+        else:
+            merged.append((start, end, symbol))
+    return merged
+
+
+@dataclass(frozen=True)
+class HeaderFields:
+    """What a merged DBN header holds beyond the request: symbology and resolution status."""
+
+    intervals: dict[str, list[tuple]]  # raw_symbol -> [(start_date, end_date, instrument_id)]
+    partial: list[str]
+    not_found: list[str]
+
+    def clipped(self, span: TimeRange) -> HeaderFields:
+        """The mappings a request for `span` alone would carry: intervals cut to its dates."""
+        from datetime import timedelta
+
+        from backend.jobs.plan import ns_to_datetime
+
+        first = ns_to_datetime(span.start_ns).date()
+        last = ns_to_datetime(span.end_ns - 1).date() + timedelta(days=1)
+        return HeaderFields(
+            {
+                symbol: [
+                    (max(start, first), min(end, last), value)
+                    for start, end, value in intervals
+                    if start < last and first < end
+                ]
+                for symbol, intervals in self.intervals.items()
+            },
+            partial=[],
+            not_found=[],
+        )
+
+
+def encode_header(request: RangeRequest, fields: HeaderFields) -> bytes:
+    """The DBN metadata a single request for `request.span` would start with."""
+    from databento_dbn import Metadata, Schema, SType
+
+    from backend.jobs.plan import STYPE_IN, STYPE_OUT
+
+    mappings = [
+        SimpleNamespace(
+            raw_symbol=raw_symbol,
+            intervals=[
+                SimpleNamespace(start_date=start, end_date=end, symbol=value)
+                for start, end, value in intervals
+            ],
+        )
+        for raw_symbol, intervals in fields.intervals.items()
+    ]
+    metadata = Metadata(
+        dataset=request.dataset,
+        schema=Schema(request.schema),
+        start=request.span.start_ns,
+        end=request.span.end_ns,
+        stype_in=SType(STYPE_IN),
+        stype_out=SType(STYPE_OUT),
+        symbols=[request.symbol],
+        partial=fields.partial,
+        not_found=fields.not_found,
+        mappings=mappings,
+        limit=None,
+        ts_out=False,
+    )
+    return bytes(metadata.encode())
 
 
 def read_metadata(path: Path) -> Metadata:

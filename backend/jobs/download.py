@@ -13,7 +13,7 @@ from filelock import FileLock, Timeout
 from loguru import logger
 
 from backend.jobs.cache import ScratchFiles, YearFolder
-from backend.jobs.chunks import Part, RetryPolicy, fetch_chunk
+from backend.jobs.chunks import Part, fetch_chunk
 from backend.jobs.client import STYPE_IN, STYPE_OUT, DatabentoClient, RangeRequest
 from backend.jobs.errors import DISK_FULL_ERRNOS, DiskFullError, IngestError
 from backend.jobs.manifest import Manifest, RecordedRequest, product_entry
@@ -22,6 +22,7 @@ from backend.jobs.plan import Product
 from backend.jobs.preflight import ProductPlan
 from backend.jobs.progress import Progress
 from backend.jobs.request import IngestRequest, ProductResult
+from backend.jobs.retry import RetryPolicy
 
 
 @contextlib.contextmanager
@@ -63,6 +64,8 @@ def download(
     manifest: Manifest,
     plans: list[ProductPlan],
     progress: Progress,
+    policy: RetryPolicy,
+    stop: threading.Event,
 ) -> Iterator[ProductResult]:
     """Fetch all chunks of all products on one bounded pool, merging each product as it goes.
 
@@ -72,8 +75,6 @@ def download(
     if not plans:
         return
     scratch = ScratchFiles()
-    stop = threading.Event()
-    policy = RetryPolicy(retries=request.retries)
     started = time.monotonic()
     writers: dict[str, MergedWriter] = {}
     pool = ThreadPoolExecutor(max_workers=request.jobs, thread_name_prefix="chunk")
@@ -92,6 +93,7 @@ def download(
                     f"chunk {index}/{len(chunks)} {span}"
                 )
                 chunk_request = RangeRequest(request.dataset, request.symbol, product.schema, span)
+                as_served = chunks == [plan.span]
                 job = pool.submit(
                     fetch_chunk,
                     client=client,
@@ -102,7 +104,8 @@ def download(
                     policy=policy,
                     stop=stop,
                     label=label,
-                    as_served=chunks == [plan.span],
+                    as_served=as_served,
+                    empty_header=None if as_served else plan.header.clipped(span),
                 )
                 chunk_jobs[job] = plan
         for job in as_completed(chunk_jobs):
@@ -126,13 +129,11 @@ def download(
                 raise disk_full(exc, plan, folder) from None
             progress.finish(plan.product.name)
             yield result
-    except KeyboardInterrupt:
+    except BaseException:
+        # A failed chunk, Ctrl-C or a signal: no new chunk starts, chunks in flight stop
+        # (their streams are abandoned), and only then are the temp files removed.
         stop.set()
         progress.close()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    except BaseException:
-        stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     finally:

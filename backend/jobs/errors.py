@@ -8,7 +8,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID_INPUT = 2
 EXIT_CREDENTIALS = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_HANGUP = 129  # SIGHUP: the terminal went away
+EXIT_TERMINATED = 143  # SIGTERM: docker stop, systemd, Kubernetes, timeout
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
@@ -40,6 +42,23 @@ class TransientError(IngestError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class NoDataError(InvalidInputError):
+    """The service says there is nothing to resolve in a range (a 422 for a chunk with no data)."""
+
+
+class CancelledError(IngestError):
+    """Work stopped because the run is ending (a signal, or another chunk failed)."""
+
+
+class StopRequestedError(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C, then exits with 128 + the signal number."""
+
+    def __init__(self, signal_name: str, exit_code: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.exit_code = exit_code
 
 
 class CorruptFileError(IngestError):

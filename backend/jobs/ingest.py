@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +34,15 @@ from backend.jobs.errors import CorruptFileError, IngestError
 from backend.jobs.manifest import Manifest, ManifestContent, RecordedRequest, product_entry
 from backend.jobs.plan import Product, TimeRange, clamp_year
 from backend.jobs.request import IngestRequest, ProductResult
-from backend.jobs.settings import Secret, Settings
+from backend.jobs.retry import RetryPolicy
+from backend.jobs.settings import Settings
+from backend.jobs.threads import run_concurrently
 
 if TYPE_CHECKING:
     from backend.jobs.preflight import ProductPlan
     from backend.jobs.progress import Progress
 
-ClientFactory = Callable[[Secret, str | None], Any]
+ClientFactory = Callable[..., Any]  # (key, gateway, *, timeout_s, policy, stop) -> client
 
 
 @dataclass
@@ -60,7 +63,10 @@ def run_ingest(
     started = time.monotonic()
     results: dict[str, ProductResult] = {}
     plans: list[ProductPlan] = []
+    stop = threading.Event()  # set when the run ends early: nothing new starts, waits end
+    policy = RetryPolicy(retries=request.retries)
     with contextlib.ExitStack() as stack:
+        stack.callback(stop.set)
         if not request.dry_run:
             from backend.jobs.download import locked
 
@@ -78,8 +84,11 @@ def run_ingest(
             # Only now the download machinery: a cached re-run must stay cheap to start.
             from backend.jobs.preflight import check_budget
 
-            client = client_factory(settings.require_key(), settings.gateway_url())
-            budget = settings.budget()
+            gateway, budget = settings.gateway_url(), settings.budget()  # input errors first
+            key = settings.require_key()
+            client = client_factory(
+                key, gateway, timeout_s=request.timeout_s, policy=policy, stop=stop
+            )
             plans = preflight(client, request, pending)
             if not request.dry_run:
                 check_budget(plans, budget)
@@ -90,6 +99,8 @@ def run_ingest(
                     manifest=manifest,
                     plans=plans,
                     progress=progress,
+                    policy=policy,
+                    stop=stop,
                 ):
                     results[result.product.name] = result
                     result.log(request)
@@ -223,8 +234,7 @@ def preflight(client: Any, request: IngestRequest, products: list[Product]) -> l
         )
 
     # Each SDK call is a new HTTPS connection: asking for all products at once saves round trips.
-    with ThreadPoolExecutor(max_workers=len(products), thread_name_prefix="preflight") as pool:
-        return list(pool.map(plan, products))
+    return run_concurrently([functools.partial(plan, product) for product in products], "preflight")
 
 
 def fetch(
@@ -235,6 +245,8 @@ def fetch(
     manifest: Manifest,
     plans: list[ProductPlan],
     progress: Progress | None,
+    policy: RetryPolicy,
+    stop: threading.Event,
 ) -> Iterator[ProductResult]:
     """Download what the decision left to fetch (the caller holds the products' locks)."""
     from backend.jobs.download import download
@@ -250,4 +262,6 @@ def fetch(
         manifest=manifest,
         plans=plans,
         progress=progress or NullProgress(),
+        policy=policy,
+        stop=stop,
     )

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import BinaryIO
 
 from loguru import logger
 
 from backend.jobs.cache import ScratchFiles, publish
 from backend.jobs.chunks import Part
-from backend.jobs.client import STYPE_IN, STYPE_OUT, RangeRequest
-from backend.jobs.dbnfile import HashingWriter, PartFile
+from backend.jobs.client import RangeRequest
+from backend.jobs.dbnfile import HashingWriter, HeaderFields, PartFile, coalesce, encode_header
 from backend.jobs.plan import TimeRange
 
 
@@ -26,39 +25,32 @@ class MergedFile:
     last_ts_recv: int | None
 
 
-def coalesce(intervals: list[tuple]) -> list[tuple]:
-    """Join (start_date, end_date, symbol) intervals that touch or overlap with the same symbol."""
-    merged: list[tuple] = []
-    for start, end, symbol in sorted(intervals):
-        if merged and merged[-1][2] == symbol and start <= merged[-1][1]:
-            previous = merged[-1]
-            merged[-1] = (previous[0], max(previous[1], end), symbol)
-        else:
-            merged.append((start, end, symbol))
-    return merged
+def symbol_status(parts: list[Part], symbol: str, gaps: bool) -> tuple[list[str], list[str]]:
+    """(partial, not_found) for the whole range from what each chunk reported.
 
-
-def symbol_status(parts: list[Part], symbol: str) -> tuple[list[str], list[str]]:
-    """(partial, not_found) for the whole range from what each chunk reported."""
+    `gaps`: the chunks leave out stretches the symbol was not listed in, which one request for
+    the whole range would report as partial.
+    """
     missing = [symbol in part.summary.metadata.not_found for part in parts]
     partial = [symbol in part.summary.metadata.partial for part in parts]
     if missing and all(missing):
         return [], [symbol]
-    if any(missing) or any(partial):
+    if gaps or any(missing) or any(partial):
         return [symbol], []
     return [], []
 
 
-@dataclass(frozen=True)
-class HeaderFields:
-    """What a merged DBN header holds beyond the request: symbology and resolution status."""
+def has_gaps(parts: list[Part], span: TimeRange) -> bool:
+    """Whether the parts' ranges, in order, fail to tile `span` exactly."""
+    cursor = span.start_ns
+    for part in sorted(parts, key=lambda part: part.request.span):
+        if part.request.span.start_ns != cursor:
+            return True
+        cursor = part.request.span.end_ns
+    return cursor != span.end_ns
 
-    intervals: dict[str, list[tuple]]  # raw_symbol -> [(start_date, end_date, instrument_id)]
-    partial: list[str]
-    not_found: list[str]
 
-
-def header_from_parts(parts: list[Part]) -> HeaderFields:
+def header_from_parts(parts: list[Part], span: TimeRange) -> HeaderFields:
     """Mappings merged across chunks (adjacent equal intervals coalesced), status combined."""
     by_symbol: dict[str, list[tuple]] = {}
     for part in parts:
@@ -66,41 +58,10 @@ def header_from_parts(parts: list[Part]) -> HeaderFields:
             by_symbol.setdefault(raw_symbol, []).extend(
                 (item["start_date"], item["end_date"], item["symbol"]) for item in intervals
             )
-    partial, not_found = symbol_status(parts, parts[0].request.symbol)
+    partial, not_found = symbol_status(parts, parts[0].request.symbol, has_gaps(parts, span))
     return HeaderFields(
         {symbol: coalesce(intervals) for symbol, intervals in by_symbol.items()}, partial, not_found
     )
-
-
-def encode_header(request: RangeRequest, fields: HeaderFields) -> bytes:
-    """The DBN metadata a single request for `request.span` would start with."""
-    from databento_dbn import Metadata, Schema, SType
-
-    mappings = [
-        SimpleNamespace(
-            raw_symbol=raw_symbol,
-            intervals=[
-                SimpleNamespace(start_date=start, end_date=end, symbol=value)
-                for start, end, value in intervals
-            ],
-        )
-        for raw_symbol, intervals in fields.intervals.items()
-    ]
-    metadata = Metadata(
-        dataset=request.dataset,
-        schema=Schema(request.schema),
-        start=request.span.start_ns,
-        end=request.span.end_ns,
-        stype_in=SType(STYPE_IN),
-        stype_out=SType(STYPE_OUT),
-        symbols=[request.symbol],
-        partial=fields.partial,
-        not_found=fields.not_found,
-        mappings=mappings,
-        limit=None,
-        ts_out=False,
-    )
-    return bytes(metadata.encode())
 
 
 class MergedWriter:
@@ -173,7 +134,7 @@ class MergedWriter:
         if sink is None or self._handle is None:
             raise RuntimeError(f"{self.final.name}: no part was appended")
         self._handle.close()
-        header = encode_header(self.request, header_from_parts(parts))
+        header = encode_header(self.request, header_from_parts(parts, self.request.span))
         if header != self._header:
             sink = self._rewrite(header)
         publish(self._temp, self.final)

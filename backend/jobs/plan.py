@@ -18,6 +18,9 @@ MIN_YEAR, MAX_YEAR = 1970, 9999
 MAX_SYMBOL_LENGTH = 70  # DBN v3 stores symbols as 71-byte C strings
 DATASET_PATTERN = re.compile(r"^[A-Z0-9]{2,16}\.[A-Z0-9]{2,16}$")
 
+STYPE_IN = "raw_symbol"  # symbols are asked as the venue lists them
+STYPE_OUT = "instrument_id"  # records carry instrument ids, mapped back in the DBN header
+
 Chunking = Literal["month", "week", "day"]
 CHUNKINGS: tuple[str, ...] = get_args(Chunking)
 
@@ -127,6 +130,25 @@ def split_range(span: TimeRange, chunking: Chunking) -> list[TimeRange]:
         end = min(next_boundary_ns(start, chunking), span.end_ns)
         chunks.append(TimeRange(start, end))
         start = end
+    return chunks
+
+
+def split_listed(span: TimeRange, listed: list[TimeRange], chunking: Chunking) -> list[TimeRange]:
+    """Chunks of `span` inside the periods a symbol is listed: no request for a gap at all.
+
+    Touching periods (an instrument id that changes) are one stretch, cut at calendar bounds.
+    """
+    stretches: list[TimeRange] = []
+    for period in sorted(listed):
+        if stretches and period.start_ns <= stretches[-1].end_ns:
+            last = stretches.pop()
+            period = TimeRange(last.start_ns, max(last.end_ns, period.end_ns))  # noqa: PLW2901
+        stretches.append(period)
+    chunks: list[TimeRange] = []
+    for stretch in stretches:
+        start, end = max(span.start_ns, stretch.start_ns), min(span.end_ns, stretch.end_ns)
+        if start < end:
+            chunks += split_range(TimeRange(start, end), chunking)
     return chunks
 
 

@@ -9,16 +9,16 @@ from typing import Any, Protocol
 from loguru import logger
 
 from backend.jobs.client import RangeRequest
+from backend.jobs.dbnfile import HeaderFields, coalesce
 from backend.jobs.errors import BudgetExceededError, InvalidInputError
 from backend.jobs.logs import key_value_line
-from backend.jobs.merge import HeaderFields, coalesce
 from backend.jobs.plan import (
     Chunking,
     Product,
     TimeRange,
     date_ns,
     ns_to_datetime,
-    split_range,
+    split_listed,
     symbology_end_date,
 )
 
@@ -72,6 +72,17 @@ def resolved_span(answer: dict[str, Any], symbol: str, span: TimeRange) -> TimeR
     return TimeRange(start, end) if start < end else None
 
 
+def listed_periods(answer: dict[str, Any], symbol: str, span: TimeRange) -> list[TimeRange]:
+    """Pure: the stretches of `span` in which the symbol resolves to some instrument."""
+    asked_end = symbology_end_date(span)
+    periods = []
+    for item in answer.get("result", {}).get(symbol) or []:
+        end_day = date.fromisoformat(item["d1"])
+        end = span.end_ns if end_day >= asked_end else date_ns(end_day)
+        periods.append(TimeRange(date_ns(date.fromisoformat(item["d0"])), end))
+    return periods
+
+
 def plan_product(
     client: MetadataClient,
     *,
@@ -102,7 +113,8 @@ def plan_product(
     ids = sorted({item["s"] for item in answer["result"][symbol]})
     size, cost = client.estimate(RangeRequest(dataset, symbol, product.schema, covered))
     header = predicted_header(answer, symbol, covered)
-    plan = ProductPlan(product, covered, split_range(covered, chunking), ids, size, cost, header)
+    chunks = split_listed(covered, listed_periods(answer, symbol, covered), chunking)
+    plan = ProductPlan(product, covered, chunks, ids, size, cost, header)
     key_value_line(
         "preflight",
         symbol=symbol,

@@ -119,9 +119,10 @@ class RichProgress:
         with self._lock:
             task, parts_dir, began = self._tasks[product]
             in_flight = 0
-            for temp in parts_dir.glob(f".*{TEMP_SUFFIX}"):
+            temps = [*parts_dir.glob(f".*{TEMP_SUFFIX}"), *parts_dir.glob(f".*{TEMP_SUFFIX}/*")]
+            for temp in temps:
                 try:
-                    in_flight += temp.stat().st_size
+                    in_flight += temp.stat().st_size if temp.is_file() else 0
                 except FileNotFoundError:
                     continue
             total = self._done_bytes[product] + in_flight

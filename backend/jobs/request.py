@@ -20,6 +20,7 @@ class IngestRequest:
     chunking: Chunking = "month"
     jobs: int = 4
     retries: int = 5
+    timeout_s: float = 30.0
     lock_timeout_s: float = 600.0
     dry_run: bool = False
 
