@@ -87,6 +87,14 @@ class YearFolder:
     def lock(self, product: str) -> Path:
         return self.data_dir / RAW_SUBDIR / LOCKS_SUBDIR / self.relative / f"{product}.lock"
 
+    def drop_parts(self, product: str) -> None:
+        """Remove a product's parts once its final file is published (never through a link)."""
+        parts = self.parts(product)
+        if parts.is_dir() and not parts.is_symlink():
+            shutil.rmtree(parts, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                parts.parent.rmdir()
+
     def make_parts(self, product: str) -> Path:
         """The product's parts folder, created as real folders (never through a link)."""
         return make_working_dir(self.path, Path(PARTS_SUBDIR) / product)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from backend.jobs.client import STYPE_IN, STYPE_OUT
-from backend.jobs.manifest import ManifestEntry
-from backend.jobs.plan import TimeRange, year_range
+from backend.jobs.manifest import ManifestEntry, RecordedRequest
+from backend.jobs.plan import STYPE_IN, STYPE_OUT, TimeRange, year_range
+
+if TYPE_CHECKING:
+    from databento_dbn import Metadata
 
 
 class CacheState(StrEnum):
@@ -67,6 +70,26 @@ class CacheKey:
         if not year.start_ns <= span.start_ns < span.end_ns <= year.end_ns:
             wrong.append(f"range {span} is not within {self.year}")
         return ", ".join(wrong) or None
+
+    def recorded(self, span: TimeRange, chunking: str) -> RecordedRequest:
+        """The request behind a file made for this key, as the manifest records it."""
+        symbols = (self.symbol,)
+        return RecordedRequest(
+            self.dataset, self.schema, symbols, STYPE_IN, STYPE_OUT, span.start, span.end, chunking
+        )
+
+    def metadata_mismatch(self, metadata: Metadata) -> str | None:
+        """Why a DBN file's own header does not answer this key (a file with no entry)."""
+        if metadata.end is None:
+            return "its header has no end"
+        return self.mismatch(
+            metadata.dataset,
+            str(metadata.schema),
+            list(metadata.symbols),
+            str(metadata.stype_in),
+            str(metadata.stype_out),
+            TimeRange(metadata.start, metadata.end),
+        )
 
     def entry_mismatch(self, entry: ManifestEntry) -> str | None:
         request = entry.request

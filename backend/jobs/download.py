@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -14,9 +13,10 @@ from loguru import logger
 
 from backend.jobs.cache import ScratchFiles, YearFolder
 from backend.jobs.chunks import Part, fetch_chunk
-from backend.jobs.client import STYPE_IN, STYPE_OUT, DatabentoClient, RangeRequest
+from backend.jobs.client import DatabentoClient, RangeRequest
+from backend.jobs.decision import CacheKey
 from backend.jobs.errors import DISK_FULL_ERRNOS, DiskFullError, IngestError
-from backend.jobs.manifest import Manifest, RecordedRequest, product_entry
+from backend.jobs.manifest import Manifest, product_entry
 from backend.jobs.merge import MergedWriter
 from backend.jobs.plan import Product
 from backend.jobs.preflight import ProductPlan
@@ -170,27 +170,12 @@ def finish_product(
     product = plan.product
     parts = writer.parts
     merged = writer.finish()
-    recorded = RecordedRequest(
-        request.dataset,
-        product.schema,
-        (request.symbol,),
-        STYPE_IN,
-        STYPE_OUT,
-        plan.span.start,
-        plan.span.end,
-        request.chunking,
-    )
-    entry = product_entry(merged.path, request=recorded, merged=merged, parts=parts)
+    key = CacheKey(request.dataset, product.schema, request.symbol, request.year)
+    recorded = key.recorded(plan.span, request.chunking)
     manifest.record(
-        dataset=request.dataset,
-        symbol=request.symbol,
-        year=request.year,
-        product=product.name,
-        entry=entry,
+        product.name, product_entry(merged.path, request=recorded, merged=merged, parts=parts)
     )
-    shutil.rmtree(folder.parts(product.name), ignore_errors=True)
-    with contextlib.suppress(OSError):
-        folder.parts(product.name).parent.rmdir()
+    folder.drop_parts(product.name)
     reused = sum(not part.downloaded for part in parts)
     return ProductResult(
         product,

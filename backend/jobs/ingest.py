@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,11 +26,11 @@ from backend.jobs.cache import (
     remove_stale_temps,
     writable_destination,
 )
-from backend.jobs.client import STYPE_IN, STYPE_OUT, DatabentoClient
+from backend.jobs.client import DatabentoClient
 from backend.jobs.dbnfile import sha256_file
 from backend.jobs.decision import Action, CacheKey, OnDisk, decide
 from backend.jobs.errors import CorruptFileError, IngestError
-from backend.jobs.manifest import Manifest, ManifestContent, RecordedRequest, product_entry
+from backend.jobs.manifest import Manifest, ManifestContent, ManifestEntry, product_entry
 from backend.jobs.plan import Product, TimeRange, clamp_year
 from backend.jobs.request import IngestRequest, ProductResult
 from backend.jobs.retry import RetryPolicy
@@ -59,7 +58,7 @@ def run_ingest(
 ) -> IngestReport:
     """Answer what is cached from local files; preflight, budget-check and fetch the rest."""
     folder = YearFolder(settings.data_dir, request.symbol, request.year, request.dataset)
-    manifest = Manifest(folder.manifest)
+    manifest = Manifest.of(folder)
     started = time.monotonic()
     results: dict[str, ProductResult] = {}
     plans: list[ProductPlan] = []
@@ -154,20 +153,14 @@ def settle_from_cache(
         if entry is None:
             return None
         if not request.dry_run:
-            manifest.record(
-                dataset=request.dataset,
-                symbol=request.symbol,
-                year=request.year,
-                product=product.name,
-                entry=entry,
-            )
+            manifest.record(product.name, entry)
             logger.info("adopted {} into the manifest ({} records)", final, entry.records)
     if not request.dry_run:
-        drop_parts(folder, product)
+        folder.drop_parts(product.name)
     return ProductResult(product, "skipped", entry.bytes, entry.records, time.monotonic() - started)
 
 
-def adopted_entry(folder: YearFolder, product: Product, key: CacheKey) -> Any:
+def adopted_entry(folder: YearFolder, product: Product, key: CacheKey) -> ManifestEntry | None:
     """Validate a file that has no usable manifest entry, offline, and describe it (or None)."""
     from backend.jobs.dbnfile import scan
 
@@ -177,30 +170,12 @@ def adopted_entry(folder: YearFolder, product: Product, key: CacheKey) -> Any:
     except CorruptFileError as exc:
         logger.warning("{} is unusable ({}); re-downloading", final, exc)
         return None
-    metadata = summary.metadata
-    span = TimeRange(metadata.start, metadata.end or metadata.start)
-    symbols, stype_in, stype_out = (
-        list(metadata.symbols),
-        str(metadata.stype_in),
-        str(metadata.stype_out),
-    )
-    other = key.mismatch(metadata.dataset, str(metadata.schema), symbols, stype_in, stype_out, span)
+    other = key.metadata_mismatch(summary.metadata)
     if other:
         logger.warning("{} holds another request's data ({}); re-downloading", final, other)
         return None
-    recorded = RecordedRequest(
-        key.dataset, key.schema, (key.symbol,), STYPE_IN, STYPE_OUT, span.start, span.end, "adopted"
-    )
-    return product_entry(final, request=recorded, merged=summary, parts=[])
-
-
-def drop_parts(folder: YearFolder, product: Product) -> None:
-    """Parts of a product that is now complete (a run killed between publish and cleanup)."""
-    parts = folder.parts(product.name)
-    if parts.is_dir() and not parts.is_symlink():
-        shutil.rmtree(parts, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            parts.parent.rmdir()
+    span = TimeRange(summary.metadata.start, summary.metadata.end)
+    return product_entry(final, request=key.recorded(span, "adopted"), merged=summary, parts=[])
 
 
 def check_destinations(folder: YearFolder, products: list[Product]) -> None:

@@ -89,7 +89,7 @@ def cached_products(
 
     found = []
     for folder in year_folders(data_dir, symbol, year, dataset):
-        content = Manifest(folder.manifest).load()
+        content = Manifest.of(folder).load()
         on_disk = {path.name.removesuffix(FINAL_SUFFIX) for path in folder.path.glob("*.dbn.zst")}
         names = on_disk | set(content.entries) | set(content.damaged) | set(content.raw_products)
         for product in sorted(names):

@@ -20,6 +20,7 @@ from backend.jobs.cache import publish, remove_stale_temps, temp_path_for
 from backend.jobs.plan import TimeRange, format_ns, parse_timestamp_ns
 
 if TYPE_CHECKING:
+    from backend.jobs.cache import YearFolder
     from backend.jobs.chunks import Part
 
 MANIFEST_FORMAT = 1
@@ -214,7 +215,16 @@ def parse_manifest(text: str, name: str = "manifest.json") -> ManifestContent:
 
 @dataclass(frozen=True)
 class Manifest:
+    """The manifest of one dataset-symbol-year folder."""
+
     path: Path
+    dataset: str
+    symbol: str
+    year: int
+
+    @classmethod
+    def of(cls, folder: YearFolder) -> Manifest:
+        return cls(folder.manifest, folder.dataset, folder.symbol, folder.year)
 
     def load(self) -> ManifestContent:
         """The manifest as it is now; a missing one is empty."""
@@ -226,9 +236,7 @@ class Manifest:
             return ManifestContent({}, {}, {}, f"damaged manifest ({self.path.name} is not text)")
         return parse_manifest(text, self.path.name)
 
-    def record(
-        self, *, dataset: str, symbol: str, year: int, product: str, entry: ManifestEntry
-    ) -> None:
+    def record(self, product: str, entry: ManifestEntry) -> None:
         """Add or replace one product's entry; other products' entries are kept as they are."""
         from filelock import FileLock
 
@@ -239,9 +247,9 @@ class Manifest:
             products[product] = entry.as_json()
             content = {
                 "format": MANIFEST_FORMAT,
-                "dataset": dataset,
-                "symbol": symbol,
-                "year": year,
+                "dataset": self.dataset,
+                "symbol": self.symbol,
+                "year": self.year,
                 "products": dict(sorted(products.items())),
             }
             temp = temp_path_for(self.path)
