@@ -286,6 +286,17 @@ def test_kill_9_then_rerun_resumes_without_refetching_finished_chunks(
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def stop_after_a_part(slow, data_dir: Path, signum: int) -> tuple[subprocess.Popen[str], str]:
+    """Start a run, signal it once a chunk is finished and others stream; (process, stderr)."""
+    run = cli_process(slow, data_dir)
+    wait_for(lambda: len(finished_parts(data_dir)) >= 1 and leftovers(data_dir))
+    sent = time.monotonic()
+    run.send_signal(signum)
+    _, err = run.communicate(timeout=30)
+    assert time.monotonic() - sent < 5
+    return run, err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "code", "says"),
@@ -296,23 +307,25 @@ def test_kill_9_then_rerun_resumes_without_refetching_finished_chunks(
     ],
     ids=["SIGINT", "SIGTERM", "SIGHUP"],
 )
-def test_signal_ends_the_run_cleanly_and_the_rerun_fetches_only_missing_chunks(
+def test_signal_ends_the_run_at_once_with_one_line_parts_kept_and_no_temp(
     slow_gateway, tmp_path, signum, code, says
 ):
     """Ctrl-C, docker stop and a closed terminal: prompt exit, one line, parts kept, no temps."""
     data_dir = tmp_path / "data"
-    run = cli_process(slow_gateway, data_dir)
-    wait_for(lambda: len(finished_parts(data_dir)) >= 1 and leftovers(data_dir))
-    sent = time.monotonic()
-    run.send_signal(signum)
-    out, err = run.communicate(timeout=30)
-    assert time.monotonic() - sent < 5
-    assert run.returncode == code, out + err
+    run, err = stop_after_a_part(slow_gateway, data_dir, signum)
+    assert run.returncode == code, err
     assert [line for line in err.splitlines() if line.strip()] == [err.strip()]
     assert says in err
-    kept = {part.name for part in finished_parts(data_dir)}
-    assert kept
+    assert finished_parts(data_dir)
     assert leftovers(data_dir) == []
+
+
+@pytest.mark.slow
+def test_rerun_after_sigterm_fetches_only_the_missing_chunks(slow_gateway, tmp_path):
+    """The parts a stopped run finished are not requested (nor billed) again."""
+    data_dir = tmp_path / "data"
+    stop_after_a_part(slow_gateway, data_dir, signal.SIGTERM)
+    kept = {part.name for part in finished_parts(data_dir)}
     slow_gateway.reset()
     rerun = cli_process(slow_gateway, data_dir, "--jobs", "4")
     out, err = rerun.communicate(timeout=120)
