@@ -63,16 +63,23 @@ def single_request(gateway, symbol: str, start: str, end: str, path: Path) -> Pa
 
 def test_retry_after_above_the_cap_fails_at_once_saying_when(gateway, cli, data_dir):
     """A 429 asking for a day is not slept through: exit 1 at once, finished chunks kept."""
-    gateway.add_fault(march(status=429, retry_after=86400, times=5))
+    december = Fault(
+        endpoint=GET_RANGE,
+        match=lambda p: p["start"].startswith("2023-12"),
+        status=429,
+        retry_after=86400,
+        times=5,
+    )
+    gateway.add_fault(december)
     began = time.monotonic()
-    result = cli(*TRADES_2023)
+    result = cli(*TRADES_2023, "--jobs", "1")
     assert result.exit_code == 1
     assert time.monotonic() - began < 30
     assert "retry in 86400s" in result.stderr
     assert "UTC" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert march_requests(gateway) == 1
-    assert list((year_folder(data_dir) / ".parts" / "TRADES").glob("*.dbn.zst"))
+    assert gateway.count(GET_RANGE) == 12  # December asked once, never retried
+    assert len(list((year_folder(data_dir) / ".parts" / "TRADES").glob("*.dbn.zst"))) == 11
     assert leftovers(data_dir) == []
 
 
@@ -229,7 +236,7 @@ def test_usage_errors_under_log_json_are_one_json_line(data_dir):
 def test_locks_are_taken_in_one_order_whatever_the_products_order(data_dir):
     """Waiting for TBBO, a run asked for trades,tbbo holds nothing: no lock-order deadlock."""
     from backend.jobs.cache import YearFolder
-    from backend.jobs.download import locked
+    from backend.jobs.locks import locked
     from backend.jobs.plan import PRODUCTS
 
     folder = YearFolder(data_dir, "AAPL", 2023)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-
-from filelock import FileLock, Timeout
-from loguru import logger
+from typing import Any
 
 from backend.jobs.cache import ScratchFiles, YearFolder
 from backend.jobs.chunks import Part, fetch_chunk
@@ -18,42 +15,10 @@ from backend.jobs.decision import CacheKey
 from backend.jobs.errors import DISK_FULL_ERRNOS, DiskFullError, IngestError
 from backend.jobs.manifest import Manifest, product_entry
 from backend.jobs.merge import MergedWriter
-from backend.jobs.plan import Product
 from backend.jobs.preflight import ProductPlan
 from backend.jobs.progress import Progress
 from backend.jobs.request import IngestRequest, ProductResult
 from backend.jobs.retry import RetryPolicy
-
-
-@contextlib.contextmanager
-def locked(folder: YearFolder, products: Iterable[Product], timeout_s: float) -> Iterator[None]:
-    """One writer per symbol-year-product; kernel locks vanish with a dead process.
-
-    Taken in one order (by product name) whatever the order asked, so runs never deadlock.
-    """
-    folder.make_locks()
-    with contextlib.ExitStack() as stack:
-        for product in sorted(products, key=lambda product: product.name):
-            lock = FileLock(folder.lock(product.name))
-            try:
-                stack.enter_context(lock.acquire(timeout=0))
-            except Timeout:
-                logger.info(
-                    "another run is ingesting {} {} {}; waiting up to {:.0f}s for it",
-                    folder.symbol,
-                    folder.year,
-                    product.name,
-                    timeout_s,
-                )
-                try:
-                    stack.enter_context(lock.acquire(timeout=timeout_s))
-                except Timeout:
-                    raise IngestError(
-                        f"another run still holds the lock on {folder.symbol} {folder.year} "
-                        f"{product.name} after {timeout_s:.0f}s: "
-                        "wait for it or raise --lock-timeout"
-                    ) from None
-        yield
 
 
 def download(
@@ -95,7 +60,7 @@ def download(
                 chunk_request = RangeRequest(request.dataset, request.symbol, product.schema, span)
                 as_served = chunks == [plan.span]
                 job = pool.submit(
-                    fetch_chunk,
+                    stopping_on_failure,
                     client=client,
                     request=chunk_request,
                     record_size=product.record_size,
@@ -142,6 +107,15 @@ def download(
         for writer in writers.values():
             writer.discard()
         scratch.remove_all()
+
+
+def stopping_on_failure(**chunk: Any) -> Part:
+    """fetch_chunk, but a chunk that fails stops the run before its worker takes the next one."""
+    try:
+        return fetch_chunk(**chunk)
+    except BaseException:
+        chunk["stop"].set()
+        raise
 
 
 def disk_full(exc: DiskFullError | OSError, plan: ProductPlan, folder: YearFolder) -> BaseException:

@@ -30,6 +30,7 @@ from backend.jobs.client import DatabentoClient
 from backend.jobs.dbnfile import sha256_file
 from backend.jobs.decision import Action, CacheKey, OnDisk, decide
 from backend.jobs.errors import CorruptFileError, IngestError
+from backend.jobs.locks import locked
 from backend.jobs.manifest import Manifest, ManifestContent, ManifestEntry, product_entry
 from backend.jobs.plan import Product, TimeRange, clamp_year
 from backend.jobs.request import IngestRequest, ProductResult
@@ -67,8 +68,6 @@ def run_ingest(
     with contextlib.ExitStack() as stack:
         stack.callback(stop.set)
         if not request.dry_run:
-            from backend.jobs.download import locked
-
             stack.enter_context(locked(folder, request.products, request.lock_timeout_s))
         pending = []
         for product in request.products:

@@ -12,7 +12,6 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -296,6 +295,8 @@ def product_entry(
 
 
 def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version  # slow to import: only here
+
     found = {}
     for package in ("databento", "databento-dbn", TOOL_PACKAGE):
         try:
