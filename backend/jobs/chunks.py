@@ -15,7 +15,7 @@ from backend.jobs.cache import ScratchFiles, publish
 from backend.jobs.client import RangeRequest
 from backend.jobs.dbnfile import HeaderFields, PartFile, StreamSummary, encode_header, scan
 from backend.jobs.errors import CancelledError, CorruptFileError, NoDataError, TransientError
-from backend.jobs.plan import STYPE_IN, STYPE_OUT, TimeRange, format_ns
+from backend.jobs.plan import STYPE_IN, STYPE_OUT, TimeRange, format_ns, has_weekday
 from backend.jobs.retry import RetryPolicy, retrying
 
 
@@ -84,21 +84,6 @@ class GrowingFile:
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
-
-
-def has_weekday(span: TimeRange) -> bool:
-    """Pure: whether [start, end) touches a Monday to Friday (UTC dates)."""
-    from datetime import timedelta
-
-    from backend.jobs.plan import ns_to_datetime
-
-    day = ns_to_datetime(span.start_ns).date()
-    last = ns_to_datetime(span.end_ns - 1).date()
-    while day <= last:
-        if day.weekday() < 5:
-            return True
-        day += timedelta(days=1)
-    return False
 
 
 def download_and_check(

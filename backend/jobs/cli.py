@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from loguru import logger
 
-from backend.jobs.client import DEFAULT_TIMEOUT_S
 from backend.jobs.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -32,7 +31,7 @@ from backend.jobs.plan import (
     parse_products,
     validate_year,
 )
-from backend.jobs.retry import MAX_RETRY_AFTER_S
+from backend.jobs.retry import DEFAULT_TIMEOUT_S, MAX_RETRY_AFTER_S
 from backend.jobs.settings import Settings
 
 if TYPE_CHECKING:

@@ -27,13 +27,12 @@ from backend.jobs.plan import (
     parse_timestamp_ns,
     symbology_end_date,
 )
-from backend.jobs.retry import RetryPolicy, retrying
+from backend.jobs.retry import DEFAULT_TIMEOUT_S, RetryPolicy, retrying
 from backend.jobs.threads import run_concurrently
 
 if TYPE_CHECKING:
     from backend.jobs.settings import Secret
 
-DEFAULT_TIMEOUT_S = 30.0
 # The 422 case the service answers when a range holds nothing to resolve (e.g. no session day).
 NOTHING_TO_RESOLVE = "symbology_invalid_request"
 WRITE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES}

@@ -168,6 +168,17 @@ def symbology_end_date(span: TimeRange) -> date:
     return ns_to_datetime(span.end_ns).date()
 
 
+def has_weekday(span: TimeRange) -> bool:
+    """Whether [start, end) touches a Monday to Friday (UTC dates)."""
+    day = ns_to_datetime(span.start_ns).date()
+    last = ns_to_datetime(span.end_ns - 1).date()
+    while day <= last:
+        if day.weekday() < 5:
+            return True
+        day += timedelta(days=1)
+    return False
+
+
 def date_ns(day: date) -> int:
     return calendar.timegm(day.timetuple()) * NS_PER_SECOND
 

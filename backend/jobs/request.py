@@ -7,6 +7,7 @@ from typing import Any
 
 from backend.jobs.logs import completion_line
 from backend.jobs.plan import Chunking, Product
+from backend.jobs.retry import DEFAULT_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class IngestRequest:
     chunking: Chunking = "month"
     jobs: int = 4
     retries: int = 5
-    timeout_s: float = 30.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
     lock_timeout_s: float = 600.0
     dry_run: bool = False
 
