@@ -147,7 +147,7 @@ RESPONSES: dict[CacheState, tuple[Action, str]] = {
     CacheState.MISSING: (Action.FETCH, ""),
     CacheState.NOT_A_FILE: (Action.FETCH, ""),  # the destination check names it, before any request
     CacheState.UNRECORDED: (Action.ADOPT, ""),
-    CacheState.DAMAGED: (Action.ADOPT, "has a {}; repairing the manifest"),
+    CacheState.DAMAGED: (Action.ADOPT, "has a damaged manifest entry ({}); repairing the manifest"),
     CacheState.OTHER_REQUEST: (Action.FETCH, "holds data for another request ({}); re-downloading"),
     CacheState.SIZE_MISMATCH: (Action.FETCH, "is {}; re-downloading"),
 }

@@ -130,8 +130,7 @@ def cached_products(
 def verify_product(item: CachedProduct) -> str | None:
     """None when the file hashes to its manifest entry and its DBN header decodes; else why not."""
     if item.manifest != CacheState.OK:
-        detail = f": {item.problem}" if item.problem else ""
-        return f"manifest state is {item.manifest!r}{detail}"
+        return f"{item.manifest}: {item.problem}" if item.problem else f"{item.manifest}"
     if sha256_file(item.path) != item.sha256:
         return "sha256 differs from the manifest"
     try:

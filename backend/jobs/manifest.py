@@ -194,9 +194,9 @@ def parse_manifest(text: str, name: str = "manifest.json") -> ManifestContent:
     try:
         content = json.loads(text)
     except json.JSONDecodeError as exc:
-        return ManifestContent({}, {}, {}, f"damaged manifest ({name} is not valid JSON: {exc})")
+        return ManifestContent({}, {}, {}, f"{name} is not valid JSON: {exc}")
     if not isinstance(content, dict) or not isinstance(content.get("products", {}), dict):
-        return ManifestContent({}, {}, {}, f"damaged manifest ({name} is not a manifest)")
+        return ManifestContent({}, {}, {}, f"{name} is not a manifest")
     products = content.get("products", {})
     if content.get("format") != MANIFEST_FORMAT:
         problem = (
@@ -208,7 +208,7 @@ def parse_manifest(text: str, name: str = "manifest.json") -> ManifestContent:
         try:
             entries[product] = ManifestEntry.parse(raw)
         except DamagedEntryError as exc:
-            damaged[product] = f"damaged manifest entry ({exc})"
+            damaged[product] = str(exc)
     return ManifestContent(entries, damaged, products)
 
 
@@ -232,7 +232,7 @@ class Manifest:
         except FileNotFoundError:
             return EMPTY
         except UnicodeDecodeError:
-            return ManifestContent({}, {}, {}, f"damaged manifest ({self.path.name} is not text)")
+            return ManifestContent({}, {}, {}, f"{self.path.name} is not text")
         return parse_manifest(text, self.path.name)
 
     def record(self, product: str, entry: ManifestEntry) -> None:
