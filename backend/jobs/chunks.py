@@ -13,9 +13,16 @@ from loguru import logger
 
 from backend.jobs.cache import ScratchFiles, publish
 from backend.jobs.client import RangeRequest
-from backend.jobs.dbnfile import HeaderFields, PartFile, StreamSummary, encode_header, scan
+from backend.jobs.dbnfile import (
+    HeaderFields,
+    PartFile,
+    StreamSummary,
+    encode_header,
+    request_mismatch,
+    scan,
+)
 from backend.jobs.errors import CancelledError, CorruptFileError, NoDataError, TransientError
-from backend.jobs.plan import STYPE_IN, STYPE_OUT, TimeRange, format_ns, has_weekday
+from backend.jobs.plan import TimeRange, format_ns, has_weekday
 from backend.jobs.retry import RetryPolicy, retrying
 
 
@@ -142,19 +149,9 @@ def check_part(
 ) -> StreamSummary:
     """A part is finished only if it decodes completely and answers exactly this request."""
     summary = scan(path, record_size, start_ns=request.span.start_ns, recode_to=recode_to)
-    metadata = summary.metadata
-    expected = {
-        "dataset": (metadata.dataset, request.dataset),
-        "schema": (str(metadata.schema), request.schema),
-        "symbols": (list(metadata.symbols), [request.symbol]),
-        "start": (metadata.start, request.span.start_ns),
-        "end": (metadata.end, request.span.end_ns),
-        "stype_in": (str(metadata.stype_in), STYPE_IN),
-        "stype_out": (str(metadata.stype_out), STYPE_OUT),
-    }
-    wrong = [f"{key} {got!r} != {want!r}" for key, (got, want) in expected.items() if got != want]
+    wrong = request_mismatch(summary.metadata, request)
     if wrong:
-        raise CorruptFileError(f"{path.name} does not match its request: {', '.join(wrong)}")
+        raise CorruptFileError(f"{path.name} does not match its request: {wrong}")
     return summary
 
 

@@ -44,14 +44,14 @@ class RangeRequest:
     """One `timeseries.get_range` call, as sent and as recorded in the manifest."""
 
     dataset: str
-    symbol: str
+    symbols: tuple[str, ...]
     schema: str
     span: TimeRange
 
     def params(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
-            "symbols": [self.symbol],
+            "symbols": list(self.symbols),
             "schema": self.schema,
             "stype_in": STYPE_IN,
             "stype_out": STYPE_OUT,

@@ -367,7 +367,7 @@ def encode_header(request: RangeRequest, fields: HeaderFields) -> bytes:
         end=request.span.end_ns,
         stype_in=SType(STYPE_IN),
         stype_out=SType(STYPE_OUT),
-        symbols=[request.symbol],
+        symbols=list(request.symbols),
         partial=fields.partial,
         not_found=fields.not_found,
         mappings=mappings,
@@ -375,6 +375,24 @@ def encode_header(request: RangeRequest, fields: HeaderFields) -> bytes:
         ts_out=False,
     )
     return bytes(metadata.encode())
+
+
+def request_mismatch(metadata: Metadata, request: RangeRequest) -> str:
+    """What in a stream's header differs from the request it answers ("" when nothing)."""
+    from backend.jobs.plan import STYPE_IN, STYPE_OUT
+
+    expected = {
+        "dataset": (metadata.dataset, request.dataset),
+        "schema": (str(metadata.schema), request.schema),
+        "symbols": (list(metadata.symbols), list(request.symbols)),
+        "start": (metadata.start, request.span.start_ns),
+        "end": (metadata.end, request.span.end_ns),
+        "stype_in": (str(metadata.stype_in), STYPE_IN),
+        "stype_out": (str(metadata.stype_out), STYPE_OUT),
+    }
+    return ", ".join(
+        f"{key} {got!r} != {want!r}" for key, (got, want) in expected.items() if got != want
+    )
 
 
 def read_metadata(path: Path) -> Metadata:

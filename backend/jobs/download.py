@@ -48,7 +48,7 @@ def download(
         for plan in plans:
             product, chunks = plan.product, plan.chunks
             parts_dir = folder.parts(product.name)
-            whole = RangeRequest(request.dataset, request.symbol, product.schema, plan.span)
+            whole = RangeRequest(request.dataset, (request.symbol,), product.schema, plan.span)
             final = folder.final(product.name)
             writers[product.name] = MergedWriter(final, whole, chunks, plan.header, scratch)
             progress.start(product.name, parts_dir, len(chunks))
@@ -57,7 +57,9 @@ def download(
                     f"{request.symbol} {request.year} {product.name} "
                     f"chunk {index}/{len(chunks)} {span}"
                 )
-                chunk_request = RangeRequest(request.dataset, request.symbol, product.schema, span)
+                chunk_request = RangeRequest(
+                    request.dataset, (request.symbol,), product.schema, span
+                )
                 as_served = chunks == [plan.span]
                 job = pool.submit(
                     stopping_on_failure,

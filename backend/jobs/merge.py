@@ -58,7 +58,8 @@ def header_from_parts(parts: list[Part], span: TimeRange) -> HeaderFields:
             by_symbol.setdefault(raw_symbol, []).extend(
                 (item["start_date"], item["end_date"], item["symbol"]) for item in intervals
             )
-    partial, not_found = symbol_status(parts, parts[0].request.symbol, has_gaps(parts, span))
+    symbol = parts[0].request.symbols[0]
+    partial, not_found = symbol_status(parts, symbol, has_gaps(parts, span))
     return HeaderFields(
         {symbol: coalesce(intervals) for symbol, intervals in by_symbol.items()}, partial, not_found
     )

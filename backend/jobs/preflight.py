@@ -111,7 +111,7 @@ def plan_product(
             year,
         )
     ids = sorted({item["s"] for item in answer["result"][symbol]})
-    size, cost = client.estimate(RangeRequest(dataset, symbol, product.schema, covered))
+    size, cost = client.estimate(RangeRequest(dataset, (symbol,), product.schema, covered))
     header = predicted_header(answer, symbol, covered)
     chunks = split_listed(covered, listed_periods(answer, symbol, covered), chunking)
     plan = ProductPlan(product, covered, chunks, ids, size, cost, header)

@@ -1,0 +1,196 @@
+"""One multi-symbol stream -> one part per symbol, each what a single-symbol request returns.
+
+A `get_range` for several symbols answers one DBN stream: every symbol's records merged in
+`ts_recv` order, and a header whose mappings say which `instrument_id` each symbol had on which
+dates. Ids change (a corporate action) and are reused (a delisted id given to another symbol),
+so a record belongs to a symbol only through its id *and* its date. The split decodes the
+stream once, checks it like any part, and writes each symbol's records, in their order, behind
+the header a request for that symbol alone would carry (its own mappings, `partial`,
+`not_found`), in the two-frame `PartFile` layout the merge copies from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zstandard
+
+from backend.jobs.dbnfile import (
+    COMPRESSION_LEVEL,
+    TS_RECV_OFFSET,
+    DbnReader,
+    HashingWriter,
+    HeaderFields,
+    PartFile,
+    Readable,
+    RecordCheck,
+    StreamSummary,
+    decompressed_chunks,
+    encode_header,
+    request_mismatch,
+)
+from backend.jobs.errors import CorruptFileError
+
+if TYPE_CHECKING:
+    from databento_dbn import Metadata
+
+    from backend.jobs.client import RangeRequest
+
+INSTRUMENT_ID_OFFSET = 4  # RecordHeader: length u8, rtype u8, publisher_id u16, instrument_id u32
+NS_PER_DAY = 86_400 * 1_000_000_000
+DAY_BITS = 20  # days since 1970 fit in 20 bits until the year 4840
+# Each open symbol keeps a zstd context: a small window keeps a large group's memory small.
+SPLIT_WINDOW_LOG = 17
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Which symbol owns a record, from its instrument_id and the UTC date of its ts_recv.
+
+    Intervals are kept as sorted keys `instrument_id << DAY_BITS | first day`, so a whole block
+    of records is routed with one vectorised search.
+    """
+
+    keys: np.ndarray  # uint64, sorted
+    end_days: np.ndarray  # exclusive last day of each interval
+    owners: np.ndarray  # index into `symbols`
+    symbols: tuple[str, ...]
+
+    @classmethod
+    def from_metadata(cls, metadata: Metadata, symbols: tuple[str, ...]) -> Routes:
+        rows = []
+        for index, symbol in enumerate(symbols):
+            for item in metadata.mappings.get(symbol, []):
+                first, end = _day(item["start_date"]), _day(item["end_date"])
+                rows.append(((int(item["symbol"]) << DAY_BITS) | first, end, index))
+        rows.sort()
+        return cls(
+            keys=np.array([row[0] for row in rows], dtype=np.uint64),
+            end_days=np.array([row[1] for row in rows], dtype=np.uint64),
+            owners=np.array([row[2] for row in rows], dtype=np.int64),
+            symbols=symbols,
+        )
+
+    def owner_of(self, ids: np.ndarray, days: np.ndarray) -> np.ndarray:
+        """The symbol index of each record; -1 where no mapping interval holds it."""
+        if not len(self.keys):
+            return np.full(len(ids), -1, dtype=np.int64)
+        wanted = (ids.astype(np.uint64) << np.uint64(DAY_BITS)) | days
+        position = np.searchsorted(self.keys, wanted, side="right").astype(np.int64) - 1
+        found = position >= 0
+        position = np.where(found, position, 0)
+        same_id = (self.keys[position] >> np.uint64(DAY_BITS)) == ids.astype(np.uint64)
+        inside = days < self.end_days[position]
+        return np.where(found & same_id & inside, self.owners[position], -1)
+
+
+def _day(value: Any) -> int:
+    """Days since 1970-01-01 of a mapping date."""
+    return value.toordinal() - 719_163  # date(1970, 1, 1).toordinal()
+
+
+class SymbolPart:
+    """One symbol's part being written: its header frame, then its records in one zstd frame."""
+
+    def __init__(self, path: Path, header: bytes, stack: contextlib.ExitStack) -> None:
+        self.path = path
+        self.header = header
+        self.sink = HashingWriter(stack.enter_context(path.open("wb")))
+        self.sink.write(PartFile.header_frame(header))
+        params = zstandard.ZstdCompressionParameters.from_level(
+            COMPRESSION_LEVEL, window_log=SPLIT_WINDOW_LOG, write_checksum=True
+        )
+        compressor = zstandard.ZstdCompressor(compression_params=params)
+        self.records_out = stack.enter_context(compressor.stream_writer(self.sink, closefd=False))
+        self.records = 0
+        self.first: int | None = None
+        self.last: int | None = None
+
+    def write(self, rows: np.ndarray) -> None:
+        stamps = rows[:, TS_RECV_OFFSET : TS_RECV_OFFSET + 8].copy().view("<u8").ravel()
+        if self.first is None:
+            self.first = int(stamps[0])
+        self.last = int(stamps[-1])
+        self.records += len(rows)
+        self.records_out.write(rows.tobytes())
+
+
+def symbol_header(request: RangeRequest, metadata: Metadata, symbol: str) -> bytes:
+    """The header a request for `symbol` alone, over the same range, would start with."""
+    from backend.jobs.client import RangeRequest
+
+    intervals = [
+        (item["start_date"], item["end_date"], item["symbol"])
+        for item in metadata.mappings.get(symbol, [])
+    ]
+    fields = HeaderFields(
+        {symbol: intervals} if intervals else {},
+        partial=[symbol] if symbol in metadata.partial else [],
+        not_found=[symbol] if symbol in metadata.not_found else [],
+    )
+    alone = RangeRequest(request.dataset, (symbol,), request.schema, request.span)
+    return encode_header(alone, fields)
+
+
+def split_by_symbol(
+    source: Path | Readable,
+    request: RangeRequest,
+    record_size: int,
+    outputs: Mapping[str, Path],
+) -> dict[str, StreamSummary]:
+    """Check a multi-symbol stream and write each symbol's own part to `outputs[symbol]`.
+
+    Fails (CorruptFileError) on anything a single part would fail on, and on a record that no
+    mapping interval of the requested symbols accounts for.
+    """
+    from databento_dbn import Metadata
+
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, Path):
+            name, handle = source.name, stack.enter_context(source.open("rb"))
+        else:
+            name, handle = source.name, source
+        reader = DbnReader(decompressed_chunks(handle, name), name)
+        metadata, _ = reader.metadata()
+        wrong = request_mismatch(metadata, request)
+        if wrong:
+            raise CorruptFileError(f"{name} does not match its request: {wrong}")
+        routes = Routes.from_metadata(metadata, request.symbols)
+        parts = {
+            symbol: SymbolPart(outputs[symbol], symbol_header(request, metadata, symbol), stack)
+            for symbol in request.symbols
+        }
+        check = RecordCheck(name, record_size, request.span.start_ns, request.span.end_ns)
+        for block in reader.record_blocks(record_size):
+            check.feed(block)
+            rows = np.frombuffer(block, dtype=np.uint8).reshape(-1, record_size)
+            ids = rows[:, INSTRUMENT_ID_OFFSET : INSTRUMENT_ID_OFFSET + 4].copy().view("<u4")
+            stamps = rows[:, TS_RECV_OFFSET : TS_RECV_OFFSET + 8].copy().view("<u8")
+            owners = routes.owner_of(ids.ravel(), stamps.ravel() // np.uint64(NS_PER_DAY))
+            if (owners < 0).any():
+                stray = int(ids.ravel()[np.argmax(owners < 0)])
+                raise CorruptFileError(
+                    f"{name} holds records of instrument_id {stray} that no requested symbol "
+                    "maps to on their date"
+                )
+            order = np.argsort(owners, kind="stable")
+            present, starts = np.unique(owners[order], return_index=True)
+            for index, first, last in zip(present, starts, [*starts[1:], len(order)], strict=True):
+                parts[request.symbols[index]].write(rows[order[first:last]])
+    summaries = {}
+    for symbol, part in parts.items():
+        summaries[symbol] = StreamSummary(
+            metadata=Metadata.decode(part.header),
+            metadata_bytes=part.header,
+            records=part.records,
+            first_ts_recv=part.first,
+            last_ts_recv=part.last,
+            sha256=part.sink.sha256.hexdigest(),
+            bytes=part.sink.bytes,
+        )
+    return summaries

@@ -1,0 +1,103 @@
+"""Splitting one multi-symbol stream into per-symbol parts, each equal to a single-symbol request.
+
+Real SDK against the sandbox gateway: the group stream and the single-symbol streams are both
+what the service serves; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+
+import databento
+import pytest
+import zstandard
+
+from backend.jobs.client import RangeRequest
+from backend.jobs.dbnfile import scan
+from backend.jobs.errors import CorruptFileError
+from backend.jobs.plan import TimeRange, parse_timestamp_ns
+from backend.jobs.split import split_by_symbol
+
+START, END = "2023-05-01T00:00:00Z", "2023-08-01T00:00:00Z"
+SPAN = TimeRange(parse_timestamp_ns(START), parse_timestamp_ns(END))
+
+
+def get_range(gateway, symbols: list[str], schema: str, path: Path) -> Path:
+    client = databento.Historical(key=os.environ["DATABENTO_API_KEY"], gateway=gateway.gateway)
+    store = client.timeseries.get_range(
+        dataset="XNAS.ITCH",
+        symbols=symbols,
+        schema=schema,
+        stype_in="raw_symbol",
+        stype_out="instrument_id",
+        start=START,
+        end=END,
+        path=path,
+    )
+    store.reader.close()
+    return path
+
+
+def decompressed(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True).read()
+
+
+@pytest.fixture
+def tricky(gateway):
+    """Ids that change, swap between two symbols, and are reused after a delisting."""
+    gateway.add_symbol(
+        "SWAPA",
+        [(date(2000, 1, 1), date(2023, 6, 15), 801), (date(2023, 6, 15), date(2100, 1, 1), 802)],
+    )
+    gateway.add_symbol(
+        "SWAPB",
+        [(date(2000, 1, 1), date(2023, 6, 15), 802), (date(2023, 6, 15), date(2100, 1, 1), 801)],
+    )
+    gateway.add_symbol("OLDCO", [(date(2000, 1, 1), date(2023, 6, 1), 900)])
+    gateway.add_symbol("REUSE", [(date(2023, 6, 20), date(2100, 1, 1), 900)])
+    return gateway
+
+
+GROUP = ("AAPL", "MSFT", "NEWCO", "SWAPA", "SWAPB", "OLDCO", "REUSE")
+
+
+@pytest.mark.parametrize(("schema", "record_size"), [("trades", 48), ("tbbo", 80)])
+def test_each_symbols_part_equals_a_single_symbol_request(tricky, tmp_path, schema, record_size):
+    """Records by id *and* date, header with only the symbol's own mappings and status."""
+    group = get_range(tricky, list(GROUP), schema, tmp_path / "group.dbn.zst")
+    outputs = {symbol: tmp_path / f"{symbol}.part" for symbol in GROUP}
+    request = RangeRequest("XNAS.ITCH", GROUP, schema, SPAN)
+    summaries = split_by_symbol(group, request, record_size, outputs)
+    for symbol in GROUP:
+        single = get_range(tricky, [symbol], schema, tmp_path / f"{symbol}.single")
+        assert decompressed(outputs[symbol]) == decompressed(single), symbol
+        assert summaries[symbol].records == scan(single, record_size).records
+    assert sum(summary.records for summary in summaries.values()) > 0
+    assert summaries["NEWCO"].metadata.partial == ["NEWCO"]
+    assert summaries["AAPL"].metadata.partial == []
+
+
+def test_unknown_symbol_gets_an_empty_part_marked_not_found(gateway, tmp_path):
+    """A symbol the service does not resolve keeps an empty part that says so."""
+    symbols = ("AAPL", "ZZZZ")
+    group = get_range(gateway, list(symbols), "trades", tmp_path / "group.dbn.zst")
+    outputs = {symbol: tmp_path / f"{symbol}.part" for symbol in symbols}
+    summaries = split_by_symbol(
+        group, RangeRequest("XNAS.ITCH", symbols, "trades", SPAN), 48, outputs
+    )
+    assert summaries["ZZZZ"].records == 0
+    assert summaries["ZZZZ"].metadata.not_found == ["ZZZZ"]
+    assert summaries["ZZZZ"].metadata.mappings == {}
+    assert summaries["AAPL"].records > 0
+
+
+def test_stream_of_other_symbols_is_refused(gateway, tmp_path):
+    """A stream whose header names other symbols is not split as if it were ours."""
+    group = get_range(gateway, ["AAPL", "MSFT"], "trades", tmp_path / "group.dbn.zst")
+    request = RangeRequest("XNAS.ITCH", ("AAPL", "BRK.B"), "trades", SPAN)
+    outputs = {symbol: tmp_path / f"{symbol}.part" for symbol in request.symbols}
+    with pytest.raises(CorruptFileError, match="does not match its request"):
+        split_by_symbol(group, request, 48, outputs)
