@@ -246,7 +246,7 @@ def test_locks_are_taken_in_one_order_whatever_the_products_order(data_dir):
     done = threading.Event()
 
     def run() -> None:
-        with locked(folder, [PRODUCTS["TRADES"], PRODUCTS["TBBO"]], timeout_s=10):
+        with locked([(folder, PRODUCTS["TRADES"]), (folder, PRODUCTS["TBBO"])], timeout_s=10):
             done.set()
 
     waiter = threading.Thread(target=run)

@@ -223,6 +223,29 @@ def test_get_range_several_symbols_merge_by_ts_recv(client):
     assert stamps == sorted(stamps)
 
 
+def test_get_range_hundreds_of_added_symbols_all_mapped(client, gateway):
+    """A POSTed request for 300 added symbols over two days maps and serves every one."""
+    symbols = [f"SYM{index:03d}" for index in range(300)]
+    for index, symbol in enumerate(symbols):
+        gateway.add_symbol(symbol, [(date(2023, 1, 1), date(2024, 1, 1), 100_000 + index)])
+    started = time.perf_counter()
+    store = get_range(client, symbols=[*symbols, "NOPE"], start="2023-03-06", end="2023-03-08")
+    records = list(store)
+    assert time.perf_counter() - started < 5
+    assert gateway.requests[-1].method == "POST"
+    assert store.metadata.symbols == [*symbols, "NOPE"]
+    assert store.metadata.not_found == ["NOPE"]
+    assert store.metadata.partial == []
+    assert sorted(store.mappings) == symbols
+    assert store.mappings["SYM299"] == [
+        {"start_date": date(2023, 3, 6), "end_date": date(2023, 3, 8), "symbol": "100299"}
+    ]
+    assert len(records) == 300 * 2 * 20
+    assert {r.instrument_id for r in records} == {100_000 + index for index in range(300)}
+    stamps = ts_recv(store)
+    assert np.all(np.diff(stamps.astype(np.int64)) >= 0)
+
+
 def test_get_range_equs_mini_uses_its_publisher_and_start(client):
     """EQUS.MINI serves publisher 95 from 2023-03-28 and refuses earlier starts."""
     store = get_range(client, dataset="EQUS.MINI", start="2023-03-28")
@@ -947,6 +970,102 @@ def test_throttle_caps_bytes_per_second_per_connection(client, gateway, tmp_path
     assert elapsed >= (size - 20_000) / 400_000 * 0.9
 
 
+def test_latency_delays_every_get_range_answer_but_not_metadata(client, gateway):
+    """latency_s holds back each get_range answer, errors included; metadata is not delayed."""
+    gateway.latency_s = 0.3
+    for _ in range(2):
+        started = time.perf_counter()
+        assert len(list(get_range(client, start="2023-01-03"))) == 20
+        assert time.perf_counter() - started >= 0.3
+    started = time.perf_counter()
+    with pytest.raises(databento.BentoClientError):
+        get_range(client, symbols="ZZZZ", start="2023-01-03")
+    assert time.perf_counter() - started >= 0.3
+    started = time.perf_counter()
+    client.metadata.get_dataset_range("XNAS.ITCH")
+    client.metadata.get_cost("XNAS.ITCH", start="2023-01-03", symbols="AAPL", schema="trades")
+    assert time.perf_counter() - started < 0.3
+
+
+def test_latency_is_a_constructor_setting_restored_by_reset():
+    """latency_s is set at construction and restored by reset()."""
+    gateway = SandboxGateway(latency_s=0.25)
+    assert gateway.latency_s == 0.25
+    gateway.latency_s = 0.0
+    gateway.reset()
+    assert gateway.latency_s == 0.25
+    assert SandboxGateway().latency_s == 0.0
+
+
+def test_latency_wait_ends_on_reset(gateway):
+    """reset() ends a latency wait in progress like a delay_s fault: the client is dropped."""
+    gateway.latency_s = 60
+    outcome: list[object] = []
+
+    def fetch() -> None:
+        try:
+            response = requests.post(
+                f"https://{gateway.gateway}/v0/timeseries.get_range",
+                data={"dataset": "XNAS.ITCH", "start": "2023-01-03", "encoding": "dbn"},
+                auth=("db-test", ""),
+                verify=str(gateway.ca_path),
+                timeout=30,
+            )
+            outcome.append(response.status_code)
+        except requests.RequestException as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=fetch)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while gateway.in_flight() == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # into the wait
+    assert not outcome
+    started = time.perf_counter()
+    gateway.reset()
+    worker.join(5)
+    assert time.perf_counter() - started < 2
+    assert not worker.is_alive()
+    assert isinstance(outcome[0], requests.RequestException)
+    assert gateway.latency_s == 0.0
+
+
+def test_max_in_flight_counts_concurrent_requests_per_endpoint(gateway, api_key):
+    """Three concurrent get_range calls are in flight together; sequential ones never overlap;
+    metadata calls are counted apart; reset() clears the maxima."""
+    gateway.latency_s = 0.5
+    barrier = threading.Barrier(3)
+    counts: list[int] = []
+
+    def fetch() -> None:
+        client = databento.Historical(key=api_key, gateway=gateway.gateway)
+        barrier.wait(5)
+        counts.append(len(list(get_range(client, start="2023-01-03"))))
+
+    workers = [threading.Thread(target=fetch) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(10)
+    assert counts == [20, 20, 20]
+    assert gateway.max_in_flight() == 3
+    assert gateway.max_in_flight("timeseries.get_range") == 3
+    assert gateway.max_in_flight("metadata.get_dataset_range") == 0
+
+    gateway.reset()
+    assert gateway.max_in_flight() == 0
+    client = databento.Historical(key=api_key, gateway=gateway.gateway)
+    for _ in range(3):
+        get_range(client, start="2023-01-03")
+        client.metadata.get_dataset_range("XNAS.ITCH")
+    assert gateway.max_in_flight() == 1
+    assert gateway.max_in_flight("metadata.get_dataset_range") == 1
+    gateway.reset()
+    assert gateway.max_in_flight() == 0
+    assert gateway.max_in_flight("metadata.get_dataset_range") == 0
+
+
 def test_stop_during_stream_returns_promptly(tmp_path):
     """stop() while a client is mid-download does not hang, and the client sees an error."""
     gateway = SandboxGateway(records_per_day=2_000, throttle_bytes_per_s=50_000).start()
@@ -1001,6 +1120,8 @@ def test_cli_serve_writes_state_and_stops_on_sigterm(tmp_path):
             str(state),
             "--available-end",
             "2024-01-01",
+            "--latency-s",
+            "0.3",
         ],
         cwd=REPO,
         stderr=subprocess.PIPE,
@@ -1021,6 +1142,16 @@ def test_cli_serve_writes_state_and_stops_on_sigterm(tmp_path):
             timeout=10,
         )
         assert response.json()["end"] == "2024-01-01T00:00:00.000000000Z"
+        started = time.perf_counter()
+        response = requests.post(
+            f"https://{address}/v0/timeseries.get_range",
+            data={"dataset": "XNAS.ITCH", "start": "2023-01-03", "encoding": "dbn"},
+            auth=("db-cli", ""),
+            verify=str(state / "ca.pem"),
+            timeout=10,
+        )
+        assert response.status_code == 200
+        assert time.perf_counter() - started >= 0.3
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=10)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 from loguru import logger
 
@@ -24,6 +25,8 @@ from backend.jobs.dbnfile import (
 from backend.jobs.errors import CancelledError, CorruptFileError, NoDataError, TransientError
 from backend.jobs.plan import TimeRange, format_ns, has_weekday
 from backend.jobs.retry import RetryPolicy, retrying
+
+T = TypeVar("T")
 
 
 class Downloader(Protocol):
@@ -93,16 +96,15 @@ class GrowingFile:
             self._handle.close()
 
 
-def download_and_check(
+def stream_and_check(
     client: Downloader,
     request: RangeRequest,
     served: Path,
-    record_size: int,
-    recode_to: Path | None,
+    check: Callable[[GrowingFile], T],
     *,
     stop: threading.Event,
-) -> StreamSummary:
-    """Stream a chunk to `served` while checking (and re-encoding) what has arrived so far.
+) -> T:
+    """Stream a chunk to `served` while `check` reads (and re-encodes) what has arrived so far.
 
     The SDK streams on a daemon thread: when the run stops, the check ends at once and the
     stream is abandoned (its read is bounded by --timeout, and its folder is removed so it
@@ -125,7 +127,7 @@ def download_and_check(
     fetcher.start()
     growing = GrowingFile(served, done, stop)
     try:
-        summary = check_part(growing, request, record_size, recode_to=recode_to)
+        result = check(growing)
     except CancelledError:
         raise
     except BaseException:
@@ -138,7 +140,7 @@ def download_and_check(
     fetcher.join()
     if failure:
         raise failure[0]
-    return summary
+    return result
 
 
 def check_part(
@@ -174,14 +176,9 @@ def fetch_chunk(
     with no session day) becomes an empty part with that header, as an empty stream would.
     """
     final = part_path(parts_dir, request.span)
-    if final.exists():
-        try:
-            summary = check_part(final, request, record_size)
-            layout = None if as_served else PartFile.locate(final, len(summary.metadata_bytes))
-            return Part(request, final, summary, downloaded=False, layout=layout)
-        except CorruptFileError as exc:
-            logger.warning("{}: discarding unusable part {}: {}", label, final.name, exc)
-            final.unlink(missing_ok=True)
+    kept = reusable_part(final, request, record_size, label, as_served=as_served)
+    if kept is not None:
+        return kept
 
     def attempt() -> Part:
         inflight = scratch.new_dir(final)  # the SDK's file lives here until it is checked
@@ -190,8 +187,12 @@ def fetch_chunk(
         try:
             began = time.monotonic()
             try:
-                summary = download_and_check(
-                    client, request, served, record_size, recoded, stop=stop
+                summary = stream_and_check(
+                    client,
+                    request,
+                    served,
+                    lambda source: check_part(source, request, record_size, recode_to=recoded),
+                    stop=stop,
                 )
             except NoDataError:
                 if empty_header is None:
@@ -220,3 +221,103 @@ def fetch_chunk(
         label=label,
         retry_on=(TransientError, CorruptFileError),
     )
+
+
+def reusable_part(
+    final: Path, request: RangeRequest, record_size: int, label: str, *, as_served: bool = False
+) -> Part | None:
+    """A part an earlier run finished for this request, checked again; None if there is none."""
+    if not final.exists():
+        return None
+    try:
+        summary = check_part(final, request, record_size)
+        layout = None if as_served else PartFile.locate(final, len(summary.metadata_bytes))
+        return Part(request, final, summary, downloaded=False, layout=layout)
+    except CorruptFileError as exc:
+        logger.warning("{}: discarding unusable part {}: {}", label, final.name, exc)
+        final.unlink(missing_ok=True)
+        return None
+
+
+def fetch_group_chunk(
+    *,
+    client: Downloader,
+    request: RangeRequest,
+    record_size: int,
+    parts_dirs: Mapping[str, Path],
+    empty_headers: Mapping[str, HeaderFields],
+    scratch: ScratchFiles,
+    policy: RetryPolicy,
+    stop: threading.Event,
+    label: str,
+) -> dict[str, Part]:
+    """One chunk of several symbols: one request, split on arrival into one part per symbol.
+
+    Symbols whose part an earlier run finished are not asked again. Each part is what a
+    request for its symbol alone returns; a chunk the service refuses as holding nothing to
+    resolve gives every symbol an empty part, as for a single symbol.
+    """
+    from backend.jobs.split import split_by_symbol
+
+    def alone(symbol: str) -> RangeRequest:
+        return RangeRequest(request.dataset, (symbol,), request.schema, request.span)
+
+    finals = {symbol: part_path(parts_dirs[symbol], request.span) for symbol in request.symbols}
+    parts: dict[str, Part] = {}
+    for symbol, final in finals.items():
+        kept = reusable_part(final, alone(symbol), record_size, label)
+        if kept is not None:
+            parts[symbol] = kept
+    missing = tuple(symbol for symbol in request.symbols if symbol not in parts)
+    if not missing:
+        return parts
+    asked = RangeRequest(request.dataset, missing, request.schema, request.span)
+
+    def attempt() -> dict[str, Part]:
+        inflight = scratch.new_dir(finals[missing[0]])  # the SDK's file, until it is split
+        served = inflight / "group.dbn.zst"
+        temps = {symbol: scratch.new(finals[symbol]) for symbol in missing}
+        try:
+            try:
+                summaries = stream_and_check(
+                    client,
+                    asked,
+                    served,
+                    lambda source: split_by_symbol(source, asked, record_size, temps),
+                    stop=stop,
+                )
+            except NoDataError:
+                level = "DEBUG" if not has_weekday(request.span) else "WARNING"
+                logger.log(level, "{}: the service resolves nothing here; empty parts", label)
+                summaries = {}
+                for symbol in missing:
+                    served.write_bytes(
+                        PartFile.header_frame(encode_header(alone(symbol), empty_headers[symbol]))
+                    )
+                    summaries[symbol] = check_part(
+                        served, alone(symbol), record_size, recode_to=temps[symbol]
+                    )
+            fetched = {}
+            for symbol in missing:
+                publish(temps[symbol], finals[symbol])
+                summary = summaries[symbol]
+                layout = PartFile.written(finals[symbol], summary.metadata_bytes)
+                fetched[symbol] = Part(
+                    alone(symbol), finals[symbol], summary, downloaded=True, layout=layout
+                )
+            return fetched
+        finally:
+            scratch.discard(inflight)
+            for temp in temps.values():
+                scratch.discard(temp)
+
+    parts.update(
+        retrying(
+            attempt,
+            policy=policy,
+            stop=stop,
+            label=label,
+            retry_on=(TransientError, CorruptFileError),
+        )
+    )
+    return parts

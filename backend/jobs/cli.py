@@ -19,6 +19,7 @@ from loguru import logger
 from backend.jobs.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_INVALID_INPUT,
     IngestError,
     InvalidInputError,
     StopRequestedError,
@@ -29,10 +30,11 @@ from backend.jobs.plan import (
     normalize_dataset,
     normalize_symbol,
     parse_products,
-    validate_year,
 )
+from backend.jobs.request import DEFAULT_GROUP_SIZE
 from backend.jobs.retry import DEFAULT_TIMEOUT_S, MAX_RETRY_AFTER_S
 from backend.jobs.settings import Settings
+from backend.jobs.universe import parse_year, universe
 
 if TYPE_CHECKING:
     from backend.jobs.inventory import CachedProduct
@@ -91,9 +93,44 @@ def _fail(exc: IngestError) -> typer.Exit:
 )
 def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     symbol: Annotated[
-        str, typer.Option(help="Ticker as Databento spells it (raw_symbol), e.g. AAPL or BRK.B.")
-    ],
-    year: Annotated[str, typer.Option(help="Calendar year to fetch, e.g. 2023.")],
+        str | None,
+        typer.Option(
+            help="Ticker as Databento spells it (raw_symbol), e.g. AAPL or BRK.B.",
+            show_default=False,
+        ),
+    ] = None,
+    year: Annotated[
+        str | None, typer.Option(help="Calendar year to fetch, e.g. 2023.", show_default=False)
+    ] = None,
+    symbols: Annotated[
+        str | None,
+        typer.Option(
+            help="Several tickers, comma-separated (with --symbol: all of them).",
+            show_default=False,
+        ),
+    ] = None,
+    symbols_file: Annotated[
+        str | None,
+        typer.Option(
+            help="A file of tickers, one per line; blank lines and # comments ignored.",
+            show_default=False,
+        ),
+    ] = None,
+    years: Annotated[
+        str | None,
+        typer.Option(
+            help="Several years: 2021-2023, 2021,2023 or both; every symbol is fetched for each.",
+            show_default=False,
+        ),
+    ] = None,
+    group_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=2000,
+            help="Symbols fetched together in one request per chunk (a universe run).",
+        ),
+    ] = DEFAULT_GROUP_SIZE,
     products: Annotated[
         str, typer.Option(help="Comma-separated products, case-insensitive: trades, tbbo.")
     ] = "trades,tbbo",
@@ -179,9 +216,13 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
         raise _fail(exc) from None
     setup_logging(level, json_lines=log_json, secrets=[secret])
     try:
+        names, calendar = universe(
+            symbol=symbol, symbols=symbols, symbols_file=symbols_file, year=year, years=years
+        )
         request = IngestRequest(
-            symbol=normalize_symbol(symbol),
-            year=validate_year(_parse_year(year)),
+            symbols=names,
+            years=calendar,
+            group_size=group_size,
             products=parse_products(products),
             dataset=normalize_dataset(dataset),
             force=force,
@@ -194,19 +235,24 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
             dry_run=dry_run,
         )
         show_tables = not quiet and not log_json
-        progress = RichProgress() if wants_progress(quiet, log_json) and not dry_run else None
+        live = wants_progress(quiet, log_json) and not dry_run and not request.is_universe
+        progress = RichProgress() if live else None
         try:
             with warnings_logged(), stop_on_signals():
                 report = run_ingest(request, settings, progress=progress or NullProgress())
         finally:
             if progress:
                 progress.close()
-        from backend.jobs.report import print_plan, print_summary
+        from backend.jobs import report as tables
 
         if dry_run and not log_json:
-            print_plan(report, request.symbol, request.year)
-        elif show_tables and any(result.status == "downloaded" for result in report.results):
-            print_summary(report, request.symbol, request.year)
+            tables.print_plan(report, request)
+        elif show_tables and (request.is_universe or report.downloaded):
+            tables.print_summary(report, request)
+        if report.failures:
+            for failure in report.failures:
+                logger.error("{} {}: {}", failure.symbol, failure.year, failure.message)
+            raise typer.Exit(EXIT_INVALID_INPUT)
     except IngestError as exc:
         raise _fail(exc) from None
     except OSError as exc:
@@ -231,7 +277,7 @@ def _cached(
         return cached_products(
             Settings.from_env(data_dir=data_dir).data_dir,
             normalize_symbol(symbol) if symbol else None,
-            validate_year(_parse_year(year)) if year else None,
+            parse_year(year) if year else None,
             normalize_dataset(dataset) if dataset else None,
         )
     except IngestError as exc:
@@ -317,15 +363,6 @@ def _valid_level(level: str) -> str:
     if level not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}:
         raise InvalidInputError(f"--log-level {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     return level
-
-
-def _parse_year(text: str) -> int:
-    digits = text.strip()
-    if not (digits.isascii() and digits.isdigit()):
-        raise InvalidInputError(
-            f"year {text!r} is not a number: pass a four-digit year such as 2023"
-        )
-    return int(digits)
 
 
 def _valid_chunking(text: str) -> str:

@@ -123,12 +123,14 @@ class DatabentoClient:
         # The returned store keeps the file open; we only wanted the bytes on disk.
         store.reader.close()
 
-    def resolve(self, dataset: str, symbol: str, span: TimeRange) -> dict[str, Any]:
+    def resolve(self, dataset: str, symbols: list[str], span: TimeRange) -> dict[str, Any]:
+        """raw_symbol -> instrument_id intervals over the dates of `span`, for many symbols."""
+        named = symbols[0] if len(symbols) == 1 else f"{len(symbols)} symbols"
         return self._call(
             self._sdk.symbology.resolve,
-            f"symbology of {symbol}",
+            f"symbology of {named}",
             dataset=dataset,
-            symbols=[symbol],
+            symbols=symbols,
             stype_in=STYPE_IN,
             stype_out=STYPE_OUT,
             start_date=span.start[:10],

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,14 +31,13 @@ from backend.jobs.decision import Action, CacheKey, OnDisk, decide
 from backend.jobs.errors import CorruptFileError, IngestError
 from backend.jobs.locks import locked
 from backend.jobs.manifest import Manifest, ManifestContent, ManifestEntry, product_entry
-from backend.jobs.plan import Product, TimeRange, clamp_year
+from backend.jobs.plan import Product, TimeRange
 from backend.jobs.request import IngestRequest, ProductResult
 from backend.jobs.retry import RetryPolicy
 from backend.jobs.settings import Settings
-from backend.jobs.threads import run_concurrently
 
 if TYPE_CHECKING:
-    from backend.jobs.preflight import ProductPlan
+    from backend.jobs.preflight import Failure, UniversePlan
     from backend.jobs.progress import Progress
 
 ClientFactory = Callable[..., Any]  # (key, gateway, *, timeout_s, policy, stop) -> client
@@ -48,7 +46,15 @@ ClientFactory = Callable[..., Any]  # (key, gateway, *, timeout_s, policy, stop)
 @dataclass
 class IngestReport:
     results: list[ProductResult]  # cached and downloaded products, in request order
-    plans: list[ProductPlan]  # preflight of the products that were (or would be) downloaded
+    plan: UniversePlan  # preflight of what was (or would be) downloaded, and what could not be
+
+    @property
+    def failures(self) -> list[Failure]:
+        return self.plan.failures
+
+    @property
+    def downloaded(self) -> list[ProductResult]:
+        return [result for result in self.results if result.status == "downloaded"]
 
 
 def run_ingest(
@@ -57,54 +63,65 @@ def run_ingest(
     client_factory: ClientFactory = DatabentoClient,
     progress: Progress | None = None,
 ) -> IngestReport:
-    """Answer what is cached from local files; preflight, budget-check and fetch the rest."""
-    folder = YearFolder(settings.data_dir, request.symbol, request.year, request.dataset)
-    manifest = Manifest.of(folder)
+    """Answer what is cached from local files; preflight, budget-check and fetch the rest.
+
+    Symbol-years that cannot be fetched (unknown symbol, no data that year) are reported in
+    the report's failures; the others complete.
+    """
+    from backend.jobs.preflight import UniversePlan
+
+    folders = [
+        YearFolder(settings.data_dir, symbol, year, request.dataset)
+        for year in request.years
+        for symbol in request.symbols
+    ]
+    wanted = [(folder, product) for folder in folders for product in request.products]
     started = time.monotonic()
-    results: dict[str, ProductResult] = {}
-    plans: list[ProductPlan] = []
+    results: dict[tuple[str, int, str], ProductResult] = {}
+    plan = UniversePlan([], [])
     stop = threading.Event()  # set when the run ends early: nothing new starts, waits end
     policy = RetryPolicy(retries=request.retries)
     with contextlib.ExitStack() as stack:
         stack.callback(stop.set)
         if not request.dry_run:
-            stack.enter_context(locked(folder, request.products, request.lock_timeout_s))
+            stack.enter_context(locked(wanted, request.lock_timeout_s))
         pending = []
-        for product in request.products:
-            cached = settle_from_cache(folder, manifest, product, request, started)
+        for folder, product in wanted:
+            cached = settle_from_cache(folder, product, request, started)
             if cached:
-                results[product.name] = cached
-                cached.log(request)
+                results[(folder.symbol, folder.year, product.name)] = cached
+                cached.log()
             else:
-                pending.append(product)
+                pending.append((folder, product))
         if pending:
-            check_destinations(folder, pending)
+            check_destinations(pending)
             # Only now the download machinery: a cached re-run must stay cheap to start.
-            from backend.jobs.preflight import check_budget
+            from backend.jobs.preflight import check_budget, plan_universe
 
             gateway, budget = settings.gateway_url(), settings.budget()  # input errors first
             key = settings.require_key()
             client = client_factory(
                 key, gateway, timeout_s=request.timeout_s, policy=policy, stop=stop
             )
-            plans = preflight(client, request, pending)
+            plan = plan_universe(
+                client,
+                dataset=request.dataset,
+                pending=pending,
+                chunking=request.chunking,
+                group_size=request.group_size,
+            )
             if not request.dry_run:
-                check_budget(plans, budget)
+                check_budget(plan, budget)
                 for result in fetch(
-                    request,
-                    client,
-                    folder=folder,
-                    manifest=manifest,
-                    plans=plans,
-                    progress=progress,
-                    policy=policy,
-                    stop=stop,
+                    request, client, plan=plan, progress=progress, policy=policy, stop=stop
                 ):
-                    results[result.product.name] = result
-                    result.log(request)
-    if not request.dry_run:
-        logger.info("cache folder: {}", folder.path)
-    return IngestReport([results[p.name] for p in request.products if p.name in results], plans)
+                    results[(result.symbol, result.year, result.product.name)] = result
+                    result.log()
+    if not request.dry_run and not request.is_universe:
+        logger.info("cache folder: {}", folders[0].path)
+    keys = [(folder.symbol, folder.year, product.name) for folder, product in wanted]
+    ordered = [results[key] for key in keys if key in results]
+    return IngestReport(ordered, plan)
 
 
 def look(folder: YearFolder, content: ManifestContent, product: Product) -> OnDisk:
@@ -124,16 +141,13 @@ def look(folder: YearFolder, content: ManifestContent, product: Product) -> OnDi
 
 
 def settle_from_cache(
-    folder: YearFolder,
-    manifest: Manifest,
-    product: Product,
-    request: IngestRequest,
-    started: float,
+    folder: YearFolder, product: Product, request: IngestRequest, started: float
 ) -> ProductResult | None:
     """A skipped result when the cache answers this product, else None (fetch it)."""
+    manifest = Manifest.of(folder)
     if not request.dry_run:
         remove_stale_temps(folder.path, folder.final(product.name).name)
-    key = CacheKey(request.dataset, product.schema, request.symbol, request.year)
+    key = CacheKey(request.dataset, product.schema, folder.symbol, folder.year)
     content = manifest.load()
     decision = decide(
         look(folder, content, product), key, force=request.force, verify=request.verify
@@ -156,7 +170,10 @@ def settle_from_cache(
             logger.info("adopted {} into the manifest ({} records)", final, entry.records)
     if not request.dry_run:
         folder.drop_parts(product.name)
-    return ProductResult(product, "skipped", entry.bytes, entry.records, time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    return ProductResult(
+        folder.symbol, folder.year, product, "skipped", entry.bytes, entry.records, elapsed
+    )
 
 
 def adopted_entry(folder: YearFolder, product: Product, key: CacheKey) -> ManifestEntry | None:
@@ -177,9 +194,9 @@ def adopted_entry(folder: YearFolder, product: Product, key: CacheKey) -> Manife
     return product_entry(final, request=key.recorded(span, "adopted"), merged=summary, parts=[])
 
 
-def check_destinations(folder: YearFolder, products: list[Product]) -> None:
+def check_destinations(pending: list[tuple[YearFolder, Product]]) -> None:
     """Before any request: every final path can be written and no working folder is a link."""
-    for product in products:
+    for folder, product in pending:
         problem = writable_destination(folder.final(product.name))
         if problem:
             raise IngestError(f"cannot write {product.name}: {problem}")
@@ -188,36 +205,11 @@ def check_destinations(folder: YearFolder, products: list[Product]) -> None:
                 check_working_dir(working)
 
 
-def preflight(client: Any, request: IngestRequest, products: list[Product]) -> list[ProductPlan]:
-    """Per product: the year clamped to the dataset, resolved, estimated (metadata calls only)."""
-    from backend.jobs.preflight import plan_product
-
-    available = client.dataset_range(request.dataset)
-
-    def plan(product: Product) -> ProductPlan:
-        schema_range = available.get(product.schema, available["*"])
-        span = clamp_year(request.year, schema_range, request.dataset, product.schema)
-        return plan_product(
-            client,
-            dataset=request.dataset,
-            symbol=request.symbol,
-            year=request.year,
-            product=product,
-            span=span,
-            chunking=request.chunking,
-        )
-
-    # Each SDK call is a new HTTPS connection: asking for all products at once saves round trips.
-    return run_concurrently([functools.partial(plan, product) for product in products], "preflight")
-
-
 def fetch(
     request: IngestRequest,
     client: Any,
     *,
-    folder: YearFolder,
-    manifest: Manifest,
-    plans: list[ProductPlan],
+    plan: UniversePlan,
     progress: Progress | None,
     policy: RetryPolicy,
     stop: threading.Event,
@@ -226,15 +218,13 @@ def fetch(
     from backend.jobs.download import download
     from backend.jobs.progress import NullProgress
 
-    for plan in plans:
-        parts = folder.make_parts(plan.product.name)
+    for member in plan.members:
+        parts = member.folder.make_parts(member.product.name)
         remove_stale_temps(parts)
     yield from download(
         request,
         client=client,
-        folder=folder,
-        manifest=manifest,
-        plans=plans,
+        groups=plan.groups,
         progress=progress or NullProgress(),
         policy=policy,
         stop=stop,

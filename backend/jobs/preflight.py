@@ -1,10 +1,12 @@
-"""Before any billable request: what each product's range resolves to and what it will cost."""
+"""Before any billable request: what each symbol-year-product resolves to, how the products to
+fetch are grouped into multi-symbol requests, and what the whole run will cost."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
@@ -16,27 +18,94 @@ from backend.jobs.plan import (
     Chunking,
     Product,
     TimeRange,
+    clamp_year,
     date_ns,
     ns_to_datetime,
     split_listed,
     symbology_end_date,
 )
+from backend.jobs.threads import run_concurrently
+
+if TYPE_CHECKING:
+    from backend.jobs.cache import YearFolder
+
+MAX_SYMBOLS_PER_REQUEST = 2_000  # Databento's limit for one get_range or symbology.resolve
+ESTIMATES_AT_ONCE = 4  # metadata calls in flight during the preflight (20/s allowed)
+
+
+def batched(items: list[Any], size: int) -> list[list[Any]]:
+    """Pure: consecutive runs of at most `size` items."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 class MetadataClient(Protocol):
-    def resolve(self, dataset: str, symbol: str, span: TimeRange) -> dict[str, Any]: ...
+    def dataset_range(self, dataset: str) -> dict[str, TimeRange]: ...
+    def resolve(self, dataset: str, symbols: list[str], span: TimeRange) -> dict[str, Any]: ...
     def estimate(self, request: RangeRequest) -> tuple[int, float]: ...
 
 
 @dataclass(frozen=True)
 class ProductPlan:
+    """One symbol-year-product to fetch."""
+
+    folder: YearFolder
     product: Product
     span: TimeRange  # the year, clamped to the dataset and to where the symbol resolves
-    chunks: list[TimeRange]
     instrument_ids: list[str]
+    header: HeaderFields  # the merged file's symbology as resolved, checked against the data
+    listed: list[TimeRange]  # where in `span` the symbol resolves to an instrument
+
+    @property
+    def symbol(self) -> str:
+        return self.folder.symbol
+
+    @property
+    def year(self) -> int:
+        return self.folder.year
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """Symbol-year-products fetched together: one get_range per chunk for all their symbols."""
+
+    number: int
+    product: Product
+    span: TimeRange
+    members: list[ProductPlan]
+    chunks: list[TimeRange]
     estimated_bytes: int
     estimated_usd: float
-    header: HeaderFields  # the merged file's symbology as resolved, checked against the data
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return tuple(member.symbol for member in self.members)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A symbol-year that cannot be fetched (unknown symbol, no data that year): exit 2."""
+
+    symbol: str
+    year: int
+    message: str
+
+
+@dataclass
+class UniversePlan:
+    groups: list[GroupPlan]
+    failures: list[Failure]
+
+    @property
+    def members(self) -> list[ProductPlan]:
+        return [member for group in self.groups for member in group.members]
+
+    @property
+    def estimated_usd(self) -> float:
+        return sum(group.estimated_usd for group in self.groups)
+
+    @property
+    def estimated_bytes(self) -> int:
+        return sum(group.estimated_bytes for group in self.groups)
 
 
 def predicted_header(answer: dict[str, Any], symbol: str, span: TimeRange) -> HeaderFields:
@@ -83,59 +152,188 @@ def listed_periods(answer: dict[str, Any], symbol: str, span: TimeRange) -> list
     return periods
 
 
-def plan_product(
+def plan_universe(
     client: MetadataClient,
     *,
     dataset: str,
-    symbol: str,
-    year: int,
-    product: Product,
-    span: TimeRange,
+    pending: list[tuple[YearFolder, Product]],
     chunking: Chunking,
-) -> ProductPlan:
-    answer = client.resolve(dataset, symbol, span)
-    covered = resolved_span(answer, symbol, span)
-    if covered is None:
-        raise InvalidInputError(
-            f"symbol {symbol} is not found in {dataset} for {year}: check the ticker "
-            "(raw_symbol as Databento lists it) or pick another dataset or year"
+    group_size: int,
+) -> UniversePlan:
+    """Clamp, resolve (many symbols per call), group and estimate what must be fetched."""
+    available = client.dataset_range(dataset)
+    failures: dict[tuple[str, int], Failure] = {}
+    spans: dict[tuple[int, Product], TimeRange] = {}
+    for folder, product in pending:
+        key = (folder.year, product)
+        if key in spans:
+            continue
+        try:
+            schema_range = available.get(product.schema, available["*"])
+            spans[key] = clamp_year(folder.year, schema_range, dataset, product.schema)
+        except InvalidInputError as exc:
+            failures.setdefault(
+                (folder.symbol, folder.year), Failure(folder.symbol, folder.year, str(exc))
+            )
+    answers = resolve_all(client, dataset, pending, spans, failures)
+    members: list[ProductPlan] = []
+    for folder, product in pending:
+        span = spans.get((folder.year, product))
+        if span is None or (folder.symbol, folder.year) in failures:
+            continue
+        answer = answers[(span, folder.symbol)]
+        covered = resolved_span(answer, folder.symbol, span)
+        if covered is None:
+            failures[(folder.symbol, folder.year)] = Failure(
+                folder.symbol,
+                folder.year,
+                f"symbol {folder.symbol} is not found in {dataset} for {folder.year}: check the "
+                "ticker (raw_symbol as Databento lists it) or pick another dataset or year",
+            )
+            continue
+        if covered != span:
+            logger.warning(
+                "{} {}: {} resolves only from {} to {} of {}; fetching that part (partial year)",
+                *(product.name, dataset, folder.symbol, covered.start[:10], covered.end[:10]),
+                folder.year,
+            )
+        members.append(
+            ProductPlan(
+                folder=folder,
+                product=product,
+                span=covered,
+                instrument_ids=sorted({item["s"] for item in answer["result"][folder.symbol]}),
+                header=predicted_header(answer, folder.symbol, covered),
+                listed=listed_periods(answer, folder.symbol, covered),
+            )
         )
-    if covered != span:
-        logger.warning(
-            "{} {}: {} resolves only from {} to {} of {}; fetching that part (partial year)",
-            product.name,
-            dataset,
-            symbol,
-            covered.start[:10],
-            covered.end[:10],
-            year,
-        )
-    ids = sorted({item["s"] for item in answer["result"][symbol]})
-    size, cost = client.estimate(RangeRequest(dataset, (symbol,), product.schema, covered))
-    header = predicted_header(answer, symbol, covered)
-    chunks = split_listed(covered, listed_periods(answer, symbol, covered), chunking)
-    plan = ProductPlan(product, covered, chunks, ids, size, cost, header)
-    key_value_line(
-        "preflight",
-        symbol=symbol,
-        year=year,
-        product=product.name,
-        start=covered.start,
-        end=covered.end,
-        instrument_ids=",".join(ids),
-        chunks=len(plan.chunks),
-        est_bytes=size,
-        est_usd=round(cost, 6),
+    members = [m for m in members if (m.symbol, m.year) not in failures]
+    groups = estimate_groups(client, dataset, group_members(members, group_size), chunking)
+    return UniversePlan(groups, list(failures.values()))
+
+
+def resolve_all(
+    client: MetadataClient,
+    dataset: str,
+    pending: list[tuple[YearFolder, Product]],
+    spans: dict[tuple[int, Product], TimeRange],
+    failures: dict[tuple[str, int], Failure],
+) -> dict[tuple[TimeRange, str], dict[str, Any]]:
+    """symbology.resolve for every (range, symbol), as few calls as the API allows."""
+    wanted: dict[TimeRange, list[str]] = defaultdict(list)
+    for folder, product in pending:
+        span = spans.get((folder.year, product))
+        known = span is not None and (folder.symbol, folder.year) not in failures
+        if known and folder.symbol not in wanted[span]:
+            wanted[span].append(folder.symbol)
+    calls = [
+        (span, list(batch))
+        for span, symbols in wanted.items()
+        for batch in batched(symbols, MAX_SYMBOLS_PER_REQUEST)
+    ]
+    answers = run_concurrently(
+        [
+            lambda span=span, batch=batch: client.resolve(dataset, batch, span)
+            for span, batch in calls
+        ],
+        "resolve",
+        limit=ESTIMATES_AT_ONCE,
     )
-    return plan
+    return {
+        (span, symbol): answer
+        for (span, batch), answer in zip(calls, answers, strict=True)
+        for symbol in batch
+    }
 
 
-def check_budget(plans: list[ProductPlan], max_cost: float | None) -> None:
+def group_members(members: list[ProductPlan], group_size: int) -> list[list[ProductPlan]]:
+    """Pure: members with the same product and range, in groups of at most `group_size`."""
+    same: dict[tuple[str, TimeRange], list[ProductPlan]] = defaultdict(list)
+    for member in members:
+        same[(member.product.name, member.span)].append(member)
+    return [
+        list(batch)
+        for alike in same.values()
+        for batch in batched(alike, min(group_size, MAX_SYMBOLS_PER_REQUEST))
+    ]
+
+
+def estimate_groups(
+    client: MetadataClient,
+    dataset: str,
+    batches: list[list[ProductPlan]],
+    chunking: Chunking,
+) -> list[GroupPlan]:
+    """One estimate per group (the server prices many symbols at once), and the group's chunks."""
+
+    def requests(batch: list[ProductPlan]) -> RangeRequest:
+        first = batch[0]
+        symbols = tuple(member.symbol for member in batch)
+        return RangeRequest(dataset, symbols, first.product.schema, first.span)
+
+    estimates = run_concurrently(
+        [lambda batch=batch: client.estimate(requests(batch)) for batch in batches],
+        "estimate",
+        limit=ESTIMATES_AT_ONCE,
+    )
+    groups = []
+    for number, (batch, (size, cost)) in enumerate(zip(batches, estimates, strict=True), start=1):
+        first = batch[0]
+        listed = [period for member in batch for period in member.listed]
+        group = GroupPlan(
+            number=number,
+            product=first.product,
+            span=first.span,
+            members=batch,
+            chunks=split_listed(first.span, listed, chunking),
+            estimated_bytes=size,
+            estimated_usd=cost,
+        )
+        log_preflight(group)
+        groups.append(group)
+    return groups
+
+
+def log_preflight(group: GroupPlan) -> None:
+    common = {
+        "product": group.product.name,
+        "start": group.span.start,
+        "end": group.span.end,
+        "chunks": len(group.chunks),
+        "est_bytes": group.estimated_bytes,
+        "est_usd": round(group.estimated_usd, 6),
+    }
+    if len(group.members) == 1:
+        member = group.members[0]
+        key_value_line(
+            "preflight",
+            symbol=member.symbol,
+            year=member.year,
+            product=common.pop("product"),
+            start=common.pop("start"),
+            end=common.pop("end"),
+            instrument_ids=",".join(member.instrument_ids),
+            **common,
+        )
+    else:
+        key_value_line(
+            "preflight",
+            group=group.number,
+            symbols=len(group.members),
+            year=group.members[0].year,
+            **common,
+        )
+
+
+def check_budget(plan: UniversePlan, max_cost: float | None) -> None:
     if max_cost is None:
         return
-    total = sum(plan.estimated_usd for plan in plans)
+    total = plan.estimated_usd
     if total > max_cost:
-        detail = ", ".join(f"{plan.product.name} {usd(plan.estimated_usd)}" for plan in plans)
+        by_product: dict[str, float] = defaultdict(float)
+        for group in plan.groups:
+            by_product[group.product.name] += group.estimated_usd
+        detail = ", ".join(f"{name} {usd(cost)}" for name, cost in by_product.items())
         raise BudgetExceededError(
             f"estimated cost {usd(total)} ({detail}) exceeds the budget of {usd(max_cost)} "
             "(--max-cost / DATABENTO_MAX_COST): "

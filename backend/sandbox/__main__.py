@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--records-per-day", type=int, default=20)
     serve.add_argument("--throttle-bytes-per-s", type=float, default=None)
     serve.add_argument(
+        "--latency-s",
+        type=float,
+        default=0.0,
+        help="server-side query latency: delay the first byte of every get_range answer",
+    )
+    serve.add_argument(
         "--available-end",
         type=_utc_date,
         default=None,
@@ -87,6 +93,7 @@ def serve(args: argparse.Namespace) -> int:
         records_per_day=args.records_per_day,
         available_end=args.available_end,
         throttle_bytes_per_s=args.throttle_bytes_per_s,
+        latency_s=args.latency_s,
         frames=args.frames,
         frame_cache_mb=args.frame_cache_mb,
         no_session_answer=args.no_session_answer,

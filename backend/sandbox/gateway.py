@@ -6,7 +6,9 @@ import shutil
 import ssl
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -54,6 +56,7 @@ class SandboxGateway:
         compression_level: int = 1,
         frame_cache_mb: int = 0,
         no_session_answer: Literal["empty", "422"] = "empty",
+        latency_s: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -73,6 +76,7 @@ class SandboxGateway:
             "frames": frames,
             "compression_level": compression_level,
             "no_session_answer": no_session_answer,
+            "latency_s": latency_s,
         }
         self.records_per_day: int = records_per_day
         self.available_end: datetime | date | str | None = available_end
@@ -86,6 +90,9 @@ class SandboxGateway:
         # weekend: "empty" streams a header without records (counts 0), "422" refuses it with
         # symbology_invalid_request like a range where no symbol resolves.
         self.no_session_answer: Literal["empty", "422"] = no_session_answer
+        # The real service's query latency: every timeseries.get_range answer (errors included)
+        # starts this many seconds after the request; reset()/stop() end the wait like delay_s.
+        self.latency_s: float = latency_s
         # per_day only: serve repeated days from memory, see dbnstream.FrameCache
         self.frame_cache = FrameCache(frame_cache_mb * 2**20) if frame_cache_mb else None
         self.catalog: SymbolCatalog = default_catalog()
@@ -95,6 +102,11 @@ class SandboxGateway:
         self.requests: list[RecordedRequest] = []
         self._dataset_ranges: dict[str, tuple[int, int]] = {}
         self._requests_lock = threading.Lock()
+        # Requests received and not yet fully answered (or dropped), per endpoint, and the
+        # most seen at once since the last reset().
+        self._in_flight: Counter[str] = Counter()
+        self._max_in_flight: Counter[str] = Counter()
+        self._in_flight_lock = threading.Lock()
         # Set by reset()/stop() to end the injected stalls in progress, then replaced.
         self._stall_release = threading.Event()
         self._host, self._port = host, port
@@ -180,13 +192,17 @@ class SandboxGateway:
     # test controls
 
     def reset(self) -> None:
-        """Forget requests, faults, added symbols/fixtures, degraded days; restore settings.
+        """Forget requests, in-flight maxima, faults, added symbols/fixtures, degraded days;
+        restore settings.
 
-        Requests stalled by a fault (`delay_s`, `stall_s`) are dropped now, not left sleeping.
+        Requests stalled by a fault (`delay_s`, `stall_s`) or waiting out `latency_s` are
+        dropped now, not left sleeping.
         """
         self._release_stalls()
         with self._requests_lock:
             self.requests.clear()
+        with self._in_flight_lock:
+            self._max_in_flight.clear()
         self.faults.clear()
         self.catalog = default_catalog()
         self.fixtures.clear()
@@ -251,6 +267,16 @@ class SandboxGateway:
         with self._requests_lock:
             return sum(1 for request in self.requests if request.endpoint == endpoint)
 
+    def in_flight(self, endpoint: str = "timeseries.get_range") -> int:
+        """Requests to `endpoint` received and not yet fully answered or dropped."""
+        with self._in_flight_lock:
+            return self._in_flight[endpoint]
+
+    def max_in_flight(self, endpoint: str = "timeseries.get_range") -> int:
+        """The most requests to `endpoint` in flight at once since the last reset()."""
+        with self._in_flight_lock:
+            return self._max_in_flight[endpoint]
+
     # used by the endpoints
 
     def record_request(
@@ -258,6 +284,19 @@ class SandboxGateway:
     ) -> None:
         with self._requests_lock:
             self.requests.append(RecordedRequest(method, endpoint, dict(params), key))
+
+    @contextmanager
+    def track_in_flight(self, endpoint: str) -> Iterator[None]:
+        """Count a request to `endpoint` as in flight for the duration of the block."""
+        with self._in_flight_lock:
+            self._in_flight[endpoint] += 1
+            current = self._in_flight[endpoint]
+            self._max_in_flight[endpoint] = max(self._max_in_flight[endpoint], current)
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._in_flight[endpoint] -= 1
 
     def stall_release(self) -> threading.Event:
         """The event that ends a stall starting now: set by the next reset() or stop()."""

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/v0/"
+LATENCY_ENDPOINT = "timeseries.get_range"  # the endpoint SandboxGateway.latency_s delays
 HANDSHAKE_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 120.0
 _MAX_FORM_BYTES = 1 << 20
@@ -182,24 +183,26 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self._handle("DELETE")
 
     def _handle(self, method: str) -> None:
+        url = urlsplit(self.path)
+        endpoint = (
+            url.path.removeprefix(API_PREFIX) if url.path.startswith(API_PREFIX) else url.path
+        )
         try:
-            self._serve(method)
+            # In flight from now until the response is fully sent or the connection dropped.
+            with self.server.gateway.track_in_flight(endpoint):
+                self._serve(method, url.query, endpoint)
         except ConnectionDroppedError:
             self.close_connection = True
             _shutdown_socket(self.connection, socket.SHUT_WR)
         except OSError:  # client went away (BrokenPipe, ConnectionReset, TLS errors)
             self.close_connection = True
 
-    def _serve(self, method: str) -> None:
+    def _serve(self, method: str, query: str, endpoint: str) -> None:
         gateway = self.server.gateway
-        url = urlsplit(self.path)
-        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        params = dict(parse_qsl(query, keep_blank_values=True))
         form = self._read_body()
         if method == "POST":
             params.update(parse_qsl(form, keep_blank_values=True))
-        endpoint = (
-            url.path.removeprefix(API_PREFIX) if url.path.startswith(API_PREFIX) else url.path
-        )
         key = _basic_auth_username(self.headers.get("Authorization"))
         # Taken before the request is recorded: a reset() from now on ends this request's stalls.
         release = gateway.stall_release()
@@ -208,6 +211,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
         fault = gateway.faults.take(endpoint, params)
         if fault is not None and fault.delay_s > 0:
             _stall(fault.delay_s, release, self.server.stopping)
+        latency_s = gateway.latency_s
+        if endpoint == LATENCY_ENDPOINT and latency_s > 0:
+            _stall(latency_s, release, self.server.stopping)
         response = self._respond(gateway, fault, endpoint, ApiCall(method, params, key))
         cut_after = fault.cut_after_bytes if fault is not None else None
         stall = None
