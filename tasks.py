@@ -33,16 +33,38 @@ def _options(**values: object) -> str:
     help={
         "symbol": "ticker, e.g. AAPL",
         "year": "calendar year, e.g. 2023",
+        "symbols": "several tickers, comma-separated, e.g. AAPL,MSFT",
+        "symbols_file": "a file of tickers, one per line (# comments)",
+        "years": "several years: 2021-2023 or 2021,2023",
         "products": "comma-separated: trades,tbbo",
         "force": "re-download even if cached",
         "dataset": "Databento dataset code (default XNAS.ITCH)",
         "dry_run": "print the plan and the cost estimate, download nothing",
     }
 )
-def data(c, symbol, year, products="trades,tbbo", force=False, dataset="", dry_run=False):  # noqa: PLR0917
-    """Ingest TRADES and TBBO of a symbol-year into data/raw/databento/."""
+def data(  # noqa: PLR0917
+    c,
+    symbol="",
+    year="",
+    symbols="",
+    symbols_file="",
+    years="",
+    products="trades,tbbo",
+    force=False,
+    dataset="",
+    dry_run=False,
+):
+    """Ingest TRADES and TBBO of symbol-years into data/raw/databento/."""
     options = _options(
-        symbol=symbol, year=year, products=products, force=force, dataset=dataset, dry_run=dry_run
+        symbol=symbol,
+        year=year,
+        symbols=symbols,
+        symbols_file=symbols_file,
+        years=years,
+        products=products,
+        force=force,
+        dataset=dataset,
+        dry_run=dry_run,
     )
     _run(c, f"{CLI} data {options}")
 

@@ -164,3 +164,63 @@ def test_split_listed_skips_gaps_and_keeps_calendar_bounds_across_id_changes():
         ("2023-11-01", "2023-12-01"),
         ("2023-12-01", "2024-01-01"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "years"),
+    [
+        ("2023", [2023]),
+        ("2021-2023", [2021, 2022, 2023]),
+        ("2021,2023", [2021, 2023]),
+        ("2019, 2021-2022,2019", [2019, 2021, 2022]),
+    ],
+)
+def test_parse_years_reads_ranges_and_lists(text, years):
+    """--years takes ranges and lists, keeps the order given and drops repeats."""
+    from backend.jobs.universe import parse_years
+
+    assert parse_years(text) == years
+
+
+@pytest.mark.parametrize("text", ["", "2023-2021", "20x3", "2023-", "1900-2023", "\u00b2"])
+def test_parse_years_refuses_what_is_not_years(text):
+    """Bad ranges, non-ASCII digits and out-of-range years are input errors."""
+    from backend.jobs.universe import parse_years
+
+    with pytest.raises(InvalidInputError):
+        parse_years(text)
+
+
+def test_universe_is_the_cross_product_without_repeats(tmp_path):
+    """--symbol, --symbols and --symbols-file add up; duplicates and comments are dropped."""
+    from backend.jobs.universe import universe
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("# header\nmsft\n\nAAPL # again\nnvda\n")
+    symbols, years = universe(
+        symbol="AAPL",
+        symbols="BRK.B,aapl",
+        symbols_file=str(listing),
+        year="2024",
+        years="2023-2024",
+    )
+    assert symbols == ("AAPL", "BRK.B", "MSFT", "NVDA")
+    assert years == (2024, 2023)
+
+
+@pytest.mark.parametrize(
+    ("size", "unit"),
+    [
+        (0, "year"),
+        (200 * 2**20, "year"),
+        (2 * 2**30, "month"),
+        (10 * 2**30, "week"),
+        (20 * 2**30, "day"),
+    ],
+)
+def test_auto_chunking_picks_the_unit_by_estimated_bytes(size, unit):
+    """About 256 MB per request: a small year is one request, a huge one is cut in days."""
+    from backend.jobs.plan import chunk_unit
+
+    assert chunk_unit("auto", size) == unit
+    assert chunk_unit("week", size) == "week"

@@ -302,3 +302,22 @@ def test_retry_policy_refuses_a_retry_after_above_its_cap():
     assert not policy.refuses_wait(None)
     assert not policy.refuses_wait(60)
     assert policy.refuses_wait(86400)
+
+
+def test_pacer_spaces_requests_and_holds_them_all_after_a_429():
+    """Starts are spaced by the rate; a hold delays every family's next start."""
+    import threading
+    import time
+
+    from backend.jobs.retry import Pacer
+
+    pacer = Pacer({"timeseries": 20.0, "metadata": 1000.0})
+    stop = threading.Event()
+    began = time.monotonic()
+    for _ in range(5):
+        pacer.wait("timeseries", stop)
+    assert time.monotonic() - began >= 0.19  # 4 intervals of 50 ms
+    pacer.hold(0.2)
+    held = time.monotonic()
+    pacer.wait("metadata", stop)
+    assert time.monotonic() - held >= 0.19

@@ -149,7 +149,11 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
         ),
     ] = None,
     chunk: Annotated[
-        str, typer.Option(help="Request size: month, week or day. Smaller resumes finer.")
+        str,
+        typer.Option(
+            help="Request size: month, week or day (smaller resumes finer), or auto: "
+            "by the estimated bytes of each request (~256 MB), a whole year when small."
+        ),
     ] = "month",
     jobs: Annotated[int, typer.Option(min=1, max=32, help="Concurrent chunk downloads.")] = 4,
     retries: Annotated[
@@ -235,7 +239,7 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
             dry_run=dry_run,
         )
         show_tables = not quiet and not log_json
-        live = wants_progress(quiet, log_json) and not dry_run and not request.is_universe
+        live = wants_progress(quiet, log_json) and not dry_run
         progress = RichProgress() if live else None
         try:
             with warnings_logged(), stop_on_signals():

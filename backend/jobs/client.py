@@ -27,7 +27,13 @@ from backend.jobs.plan import (
     parse_timestamp_ns,
     symbology_end_date,
 )
-from backend.jobs.retry import DEFAULT_TIMEOUT_S, RetryPolicy, retrying
+from backend.jobs.retry import (
+    DEFAULT_TIMEOUT_S,
+    RATE_LIMITED_HOLD_S,
+    Pacer,
+    RetryPolicy,
+    retrying,
+)
 from backend.jobs.threads import run_concurrently
 
 if TYPE_CHECKING:
@@ -92,6 +98,7 @@ class DatabentoClient:
         self.timeout_s = timeout_s
         self._policy = policy or RetryPolicy()
         self._stop = stop or threading.Event()
+        self._pacer = Pacer()
 
     def dataset_range(self, dataset: str) -> dict[str, TimeRange]:
         """Per-schema available [start, end); top-level end is a max over schemas, so not used."""
@@ -115,11 +122,12 @@ class DatabentoClient:
     def download(self, request: RangeRequest, path: Path) -> None:
         """Stream one range to `path`, which must not exist (the SDK opens it with `x`)."""
         what = f"{request.schema} {request.span}"
+        self._pacer.wait("timeseries", self._stop)
         try:
             store = self._sdk.timeseries.get_range(path=path, **request.params())
         except translatable() as exc:
             _close_leaked_writer(exc, path)
-            raise translate_error(exc, what, self.timeout_s) from None
+            raise self._translated(exc, what) from None
         # The returned store keeps the file open; we only wanted the bytes on disk.
         store.reader.close()
 
@@ -155,15 +163,24 @@ class DatabentoClient:
             raise IngestError(f"unexpected answer from Databento for the {what}: {exc}") from None
 
     def _call(self, method: Any, what: str, *args: Any, **kwargs: Any) -> Any:
-        """One metadata or symbology call, retried like a chunk."""
+        """One metadata or symbology call, paced and retried like a chunk."""
+        family = "symbology" if method == self._sdk.symbology.resolve else "metadata"
 
         def once() -> Any:
+            self._pacer.wait(family, self._stop)
             try:
                 return method(*args, **kwargs)
             except translatable() as exc:
-                raise translate_error(exc, what, self.timeout_s) from None
+                raise self._translated(exc, what) from None
 
         return retrying(once, policy=self._policy, stop=self._stop, label=what)
+
+    def _translated(self, exc: BaseException, what: str) -> IngestError:
+        error = translate_error(exc, what, self.timeout_s)
+        if isinstance(error, TransientError) and error.rate_limited:
+            wait = error.retry_after or RATE_LIMITED_HOLD_S
+            self._pacer.hold(min(wait, self._policy.max_retry_after_s))
+        return error
 
 
 def _close_leaked_writer(exc: BaseException, path: Path) -> None:
@@ -236,7 +253,11 @@ def translate_error(  # noqa: PLR0911
                 "and the key's permissions in the Databento portal"
             )
         if status in RETRYABLE_STATUSES:
-            return TransientError(f"{what}: HTTP {status} {reason}", _retry_after(exc.headers))
+            return TransientError(
+                f"{what}: HTTP {status} {reason}",
+                _retry_after(exc.headers),
+                rate_limited=status == 429,
+            )
         if status == 422 and reason.startswith(NOTHING_TO_RESOLVE):
             return NoDataError(f"Databento cannot serve {what}: {reason}")
         if status in (400, 404, 422):

@@ -39,9 +39,12 @@ class CredentialsError(IngestError):
 class TransientError(IngestError):
     """A failure worth retrying: connection drop, cut stream, 408/429/5xx."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, *, rate_limited: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.rate_limited = rate_limited  # a 429: the whole run slows down
 
 
 class NoDataError(InvalidInputError):

@@ -216,8 +216,12 @@ def fetch(
 ) -> Iterator[ProductResult]:
     """Download what the decision left to fetch (the caller holds the products' locks)."""
     from backend.jobs.download import download
-    from backend.jobs.progress import NullProgress
+    from backend.jobs.progress import NullProgress, OverallProgress
 
+    progress = progress or NullProgress()
+    if request.is_universe:
+        parts = sum(len(group.chunks) * len(group.members) for group in plan.groups)
+        progress = OverallProgress(progress, parts)
     for member in plan.members:
         parts = member.folder.make_parts(member.product.name)
         remove_stale_temps(parts)
@@ -225,7 +229,7 @@ def fetch(
         request,
         client=client,
         groups=plan.groups,
-        progress=progress or NullProgress(),
+        progress=progress,
         policy=policy,
         stop=stop,
     )

@@ -21,8 +21,12 @@ DATASET_PATTERN = re.compile(r"^[A-Z0-9]{2,16}\.[A-Z0-9]{2,16}$")
 STYPE_IN = "raw_symbol"  # symbols are asked as the venue lists them
 STYPE_OUT = "instrument_id"  # records carry instrument ids, mapped back in the DBN header
 
-Chunking = Literal["month", "week", "day"]
+Chunking = Literal["month", "week", "day", "auto"]
 CHUNKINGS: tuple[str, ...] = get_args(Chunking)
+Unit = Literal["year", "month", "week", "day"]  # what `auto` resolves to
+# `auto`: calendar chunks of about this many billable (uncompressed) bytes per request, so an
+# illiquid symbol-year is one request and a cut stream of a liquid one costs little.
+AUTO_REQUEST_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -122,8 +126,8 @@ def clamp_year(year: int, available: TimeRange, dataset: str, schema: str) -> Ti
     return TimeRange(start, end)
 
 
-def split_range(span: TimeRange, chunking: Chunking) -> list[TimeRange]:
-    """Cut a range at calendar boundaries (months, ISO weeks starting Monday, or days) in UTC."""
+def split_range(span: TimeRange, chunking: Unit) -> list[TimeRange]:
+    """Cut a range at calendar boundaries (years, months, ISO weeks from Monday, days) in UTC."""
     chunks: list[TimeRange] = []
     start = span.start_ns
     while start < span.end_ns:
@@ -133,7 +137,19 @@ def split_range(span: TimeRange, chunking: Chunking) -> list[TimeRange]:
     return chunks
 
 
-def split_listed(span: TimeRange, listed: list[TimeRange], chunking: Chunking) -> list[TimeRange]:
+def chunk_unit(chunking: Chunking, estimated_bytes: int) -> Unit:
+    """The calendar unit of a group's requests: as asked, or by its estimated size for `auto`."""
+    if chunking != "auto":
+        return chunking
+    pieces = estimated_bytes / AUTO_REQUEST_BYTES
+    if pieces <= 1:
+        return "year"
+    if pieces <= 12:
+        return "month"
+    return "week" if pieces <= 52 else "day"
+
+
+def split_listed(span: TimeRange, listed: list[TimeRange], chunking: Unit) -> list[TimeRange]:
     """Chunks of `span` inside the periods a symbol is listed: no request for a gap at all.
 
     Touching periods (an instrument id that changes) are one stretch, cut at calendar bounds.
@@ -152,9 +168,11 @@ def split_listed(span: TimeRange, listed: list[TimeRange], chunking: Chunking) -
     return chunks
 
 
-def next_boundary_ns(ns: int, chunking: Chunking) -> int:
+def next_boundary_ns(ns: int, chunking: Unit) -> int:
     day = ns_to_datetime(ns).date()
-    if chunking == "month":
+    if chunking == "year":
+        following = date(day.year + 1, 1, 1)
+    elif chunking == "month":
         following = date(day.year + day.month // 12, day.month % 12 + 1, 1)
     elif chunking == "week":
         following = day + timedelta(days=7 - day.weekday())

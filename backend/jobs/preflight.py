@@ -18,6 +18,7 @@ from backend.jobs.plan import (
     Chunking,
     Product,
     TimeRange,
+    chunk_unit,
     clamp_year,
     date_ns,
     ns_to_datetime,
@@ -285,7 +286,7 @@ def estimate_groups(
             product=first.product,
             span=first.span,
             members=batch,
-            chunks=split_listed(first.span, listed, chunking),
+            chunks=split_listed(first.span, listed, chunk_unit(chunking, size)),
             estimated_bytes=size,
             estimated_usd=cost,
         )

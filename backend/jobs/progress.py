@@ -130,3 +130,28 @@ class RichProgress:
             self._display.update(
                 task, size=f"{total / 1e6:.1f} MB", rate=f"{total / 1e6 / elapsed:.1f} MB/s"
             )
+
+
+class OverallProgress:
+    """A universe run: one bar for all its symbol-year-products, parts done of parts planned."""
+
+    LABEL = "all"
+
+    def __init__(self, inner: Progress, parts: int) -> None:
+        self._inner = inner
+        self._parts = parts
+        self._started = False
+
+    def start(self, product: str, parts_dir: Path, chunks: int) -> None:  # noqa: ARG002  Progress
+        if not self._started:
+            self._started = True
+            self._inner.start(self.LABEL, parts_dir, self._parts)
+
+    def advance(self, product: str, part_bytes: int) -> None:  # noqa: ARG002  Progress
+        self._inner.advance(self.LABEL, part_bytes)
+
+    def finish(self, product: str) -> None:
+        pass
+
+    def close(self) -> None:
+        self._inner.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,38 @@ T = TypeVar("T")
 MAX_RETRY_AFTER_S = 60.0
 # Seconds without a byte before a request is given up (--timeout); the SDK's own is 100 s.
 DEFAULT_TIMEOUT_S = 30.0
+
+
+# Databento's documented request rates per second (historical API), kept below.
+REQUEST_RATES = {"timeseries": 100.0, "symbology": 100.0, "metadata": 20.0}
+RATE_LIMITED_HOLD_S = 1.0  # how long a 429 without Retry-After holds every request back
+
+
+class Pacer:
+    """Spaces out the starts of requests to stay under the service's rates, run-wide.
+
+    After a 429 every request of the run waits, not only the one that got it: the whole run
+    slows down together.
+    """
+
+    def __init__(self, rates: dict[str, float] | None = None) -> None:
+        self._interval = {family: 1 / rate for family, rate in (rates or REQUEST_RATES).items()}
+        self._next = dict.fromkeys(self._interval, 0.0)
+        self._resume = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self, family: str, stop: threading.Event) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next[family], self._resume)
+            self._next[family] = start + self._interval[family]
+        if start > now and stop.wait(start - now):
+            raise CancelledError(f"{family} request: cancelled")
+
+    def hold(self, seconds: float) -> None:
+        """No request starts for `seconds` from now (a 429 was answered)."""
+        with self._lock:
+            self._resume = max(self._resume, time.monotonic() + seconds)
 
 
 @dataclass(frozen=True)
