@@ -254,3 +254,16 @@ def test_auto_chunking_fetches_a_small_year_in_one_request(gateway, cli, data_di
     assert len(get_ranges(gateway)) == 1
     single = single_request(gateway, "MSFT", tmp_path / "MSFT.single")
     assert decompressed(year_folder(data_dir, "MSFT") / "TRADES.dbn.zst") == decompressed(single)
+
+
+def test_unknown_symbols_outrank_a_failed_run_in_the_exit_code(gateway, cli, data_dir):
+    """2 if any symbol-year was unknown, even when the rest then failed (which alone is 1)."""
+    from backend.sandbox import Fault
+
+    gateway.add_fault(Fault(endpoint=GET_RANGE, status=402, times=100))
+    args = ("data", "--symbols", "AAPL,NOSUCH", "--year", "2025", "--products", "trades")
+    result = cli(*args)
+    assert result.exit_code == 2
+    assert "NOSUCH 2025" in result.stderr
+    assert "402" in result.stderr
+    assert cli("data", "--symbol", "AAPL", "--year", "2025", "--products", "trades").exit_code == 1

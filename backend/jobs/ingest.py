@@ -28,7 +28,12 @@ from backend.jobs.cache import (
 from backend.jobs.client import DatabentoClient
 from backend.jobs.dbnfile import sha256_file
 from backend.jobs.decision import Action, CacheKey, OnDisk, decide
-from backend.jobs.errors import CorruptFileError, IngestError
+from backend.jobs.errors import (
+    CorruptFileError,
+    CredentialsError,
+    IngestError,
+    InvalidInputError,
+)
 from backend.jobs.locks import locked
 from backend.jobs.manifest import Manifest, ManifestContent, ManifestEntry, product_entry
 from backend.jobs.plan import Product, TimeRange
@@ -112,11 +117,18 @@ def run_ingest(
             )
             if not request.dry_run:
                 check_budget(plan, budget)
-                for result in fetch(
-                    request, client, plan=plan, progress=progress, policy=policy, stop=stop
-                ):
-                    results[(result.symbol, result.year, result.product.name)] = result
-                    result.log()
+                try:
+                    for result in fetch(
+                        request, client, plan=plan, progress=progress, policy=policy, stop=stop
+                    ):
+                        results[(result.symbol, result.year, result.product.name)] = result
+                        result.log()
+                except IngestError as exc:
+                    if not plan.failures or isinstance(exc, CredentialsError):
+                        raise
+                    # Unknown symbol-years outrank a failed run in the exit code (2, not 1).
+                    names = ", ".join(f"{f.symbol} {f.year}" for f in plan.failures)
+                    raise InvalidInputError(f"{exc}; not fetched either: {names}") from None
     if not request.dry_run and not request.is_universe:
         logger.info("cache folder: {}", folders[0].path)
     keys = [(folder.symbol, folder.year, product.name) for folder, product in wanted]
