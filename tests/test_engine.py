@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import os
 import shutil
 import signal
 import subprocess
@@ -13,10 +12,9 @@ from pathlib import Path
 
 import databento
 import pytest
-import zstandard
 
 from backend.sandbox import Fault, expected_records
-from tests.helpers import completions, leftovers, year_folder
+from tests.helpers import completions, decompressed, leftovers, plain_get_range, year_folder
 
 MARCH = "2023-03-01"
 AAPL_TRADES_2023 = ("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
@@ -36,26 +34,6 @@ def march_fault(**fault: object) -> Fault:
         match=lambda params: params["start"].startswith(MARCH),
         **fault,
     )
-
-
-def single_request(gateway, symbol: str, schema: str, path: Path) -> Path:
-    """What a user gets from one get_range for the whole of 2023."""
-    client = databento.Historical(key=os.environ["DATABENTO_API_KEY"], gateway=gateway.gateway)
-    store = client.timeseries.get_range(
-        dataset="XNAS.ITCH",
-        symbols=[symbol],
-        schema=schema,
-        start="2023-01-01T00:00:00Z",
-        end="2024-01-01T00:00:00Z",
-        path=path,
-    )
-    store.reader.close()
-    return path
-
-
-def decompressed(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        return zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True).read()
 
 
 def test_stream_cut_in_one_chunk_refetches_only_that_chunk(gateway, cli, data_dir, tmp_path):
@@ -120,7 +98,7 @@ def test_merged_file_equals_a_single_full_year_request(
     """
     result = cli("data", "--symbol", "MSFT", "--year", "2023", "--products", product)
     assert result.exit_code == 0, result.output
-    single = single_request(gateway, "MSFT", schema, tmp_path / "single.dbn.zst")
+    single = plain_get_range(gateway, ["MSFT"], tmp_path / "single.dbn.zst", schema=schema)
     merged = year_folder(data_dir, "MSFT") / f"{product.upper()}.dbn.zst"
     assert decompressed(merged) == decompressed(single)
     intervals = databento.DBNStore.from_bytes(merged.read_bytes()).mappings["MSFT"]
@@ -363,6 +341,6 @@ def test_merge_fixes_a_header_predicted_wrongly_from_symbology(
     monkeypatch.setattr(preflight, "predicted_header", wrong_header)
     result = cli("data", "--symbol", "MSFT", "--year", "2023", "--products", "trades")
     assert result.exit_code == 0, result.output
-    single = single_request(gateway, "MSFT", "trades", tmp_path / "single.dbn.zst")
+    single = plain_get_range(gateway, ["MSFT"], tmp_path / "single.dbn.zst")
     merged = year_folder(data_dir, "MSFT") / "TRADES.dbn.zst"
     assert decompressed(merged) == decompressed(single)

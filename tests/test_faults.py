@@ -6,21 +6,17 @@ Real SDK against the sandbox gateway and its injected faults; nothing is mocked.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
 from datetime import date
-from pathlib import Path
 
-import databento
 import pytest
-import zstandard
 from filelock import FileLock
 
 from backend.sandbox import Fault
-from tests.helpers import completions, leftovers, year_folder
+from tests.helpers import completions, decompressed, leftovers, plain_get_range, year_folder
 
 GET_RANGE = "timeseries.get_range"
 MARCH = "2023-03-01"
@@ -41,21 +37,6 @@ def march_requests(gateway) -> int:
     return sum(
         1 for r in gateway.requests if r.endpoint == GET_RANGE and r.params["start"][:10] == MARCH
     )
-
-
-def decompressed(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        return zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True).read()
-
-
-def single_request(gateway, symbol: str, start: str, end: str, path: Path) -> Path:
-    """What one plain get_range of the whole range returns."""
-    client = databento.Historical(key=os.environ["DATABENTO_API_KEY"], gateway=gateway.gateway)
-    store = client.timeseries.get_range(
-        dataset="XNAS.ITCH", symbols=[symbol], schema="trades", start=start, end=end, path=path
-    )
-    store.reader.close()
-    return path
 
 
 # deadlines
@@ -153,8 +134,8 @@ def test_day_chunks_of_weekends_are_empty_parts_not_errors(
     result = cli(*TRADES_2023, "--chunk", "day")
     assert result.exit_code == 0, result.output
     assert completions(result.stdout)[0]["status"] == "downloaded"
-    single = single_request(
-        gateway, "AAPL", "2023-01-01", "2023-01-17", tmp_path / "single.dbn.zst"
+    single = plain_get_range(
+        gateway, ["AAPL"], tmp_path / "single.dbn.zst", start="2023-01-01", end="2023-01-17"
     )
     assert decompressed(year_folder(data_dir) / "TRADES.dbn.zst") == decompressed(single)
 
@@ -184,9 +165,7 @@ def test_gap_in_the_listing_is_never_requested(gateway, cli, data_dir, tmp_path)
     assert result.exit_code == 0, result.output
     asked = sorted(r.params["start"][:7] for r in gateway.requests if r.endpoint == GET_RANGE)
     assert asked == ["2023-01", "2023-02", "2023-09", "2023-10", "2023-11", "2023-12"]
-    single = single_request(
-        gateway, "GAPCO", "2023-01-01", "2024-01-01", tmp_path / "single.dbn.zst"
-    )
+    single = plain_get_range(gateway, ["GAPCO"], tmp_path / "single.dbn.zst")
     merged = year_folder(data_dir, "GAPCO") / "TRADES.dbn.zst"
     assert decompressed(merged) == decompressed(single)
 

@@ -6,58 +6,28 @@ what the service serves; nothing is mocked.
 
 from __future__ import annotations
 
-import os
-from datetime import date
 from pathlib import Path
 
-import databento
 import pytest
-import zstandard
 
 from backend.jobs.client import RangeRequest
 from backend.jobs.dbnfile import scan
 from backend.jobs.errors import CorruptFileError
 from backend.jobs.plan import TimeRange, parse_timestamp_ns
 from backend.jobs.split import split_by_symbol
+from tests.helpers import add_tricky_symbols, decompressed, plain_get_range
 
 START, END = "2023-05-01T00:00:00Z", "2023-08-01T00:00:00Z"
 SPAN = TimeRange(parse_timestamp_ns(START), parse_timestamp_ns(END))
 
 
 def get_range(gateway, symbols: list[str], schema: str, path: Path) -> Path:
-    client = databento.Historical(key=os.environ["DATABENTO_API_KEY"], gateway=gateway.gateway)
-    store = client.timeseries.get_range(
-        dataset="XNAS.ITCH",
-        symbols=symbols,
-        schema=schema,
-        stype_in="raw_symbol",
-        stype_out="instrument_id",
-        start=START,
-        end=END,
-        path=path,
-    )
-    store.reader.close()
-    return path
-
-
-def decompressed(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        return zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True).read()
+    return plain_get_range(gateway, symbols, path, schema=schema, start=START, end=END)
 
 
 @pytest.fixture
 def tricky(gateway):
-    """Ids that change, swap between two symbols, and are reused after a delisting."""
-    gateway.add_symbol(
-        "SWAPA",
-        [(date(2000, 1, 1), date(2023, 6, 15), 801), (date(2023, 6, 15), date(2100, 1, 1), 802)],
-    )
-    gateway.add_symbol(
-        "SWAPB",
-        [(date(2000, 1, 1), date(2023, 6, 15), 802), (date(2023, 6, 15), date(2100, 1, 1), 801)],
-    )
-    gateway.add_symbol("OLDCO", [(date(2000, 1, 1), date(2023, 6, 1), 900)])
-    gateway.add_symbol("REUSE", [(date(2023, 6, 20), date(2100, 1, 1), 900)])
+    add_tricky_symbols(gateway)
     return gateway
 
 

@@ -6,55 +6,25 @@ Real SDK against the sandbox gateway; nothing is mocked.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 
-import databento
 import pytest
-import zstandard
 
-from tests.helpers import completions, leftovers, year_folder
+from tests.helpers import (
+    add_tricky_symbols,
+    completions,
+    decompressed,
+    leftovers,
+    plain_get_range,
+    year_folder,
+)
 
 GET_RANGE = "timeseries.get_range"
 FULL_YEAR = ("AAPL", "MSFT", "SWAPA", "SWAPB")
-
-
-def decompressed(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        return zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True).read()
-
-
-def single_request(gateway, symbol: str, path: Path, schema: str = "trades") -> Path:
-    """What one plain get_range of the symbol's whole 2023 returns."""
-    client = databento.Historical(key=os.environ["DATABENTO_API_KEY"], gateway=gateway.gateway)
-    store = client.timeseries.get_range(
-        dataset="XNAS.ITCH",
-        symbols=[symbol],
-        schema=schema,
-        start="2023-01-01T00:00:00Z",
-        end="2024-01-01T00:00:00Z",
-        path=path,
-    )
-    store.reader.close()
-    return path
-
-
-def add_tricky_symbols(gateway) -> None:
-    """Ids that swap between two symbols mid-year, and an id reused after a delisting."""
-    gateway.add_symbol(
-        "SWAPA",
-        [(date(2000, 1, 1), date(2023, 6, 15), 801), (date(2023, 6, 15), date(2100, 1, 1), 802)],
-    )
-    gateway.add_symbol(
-        "SWAPB",
-        [(date(2000, 1, 1), date(2023, 6, 15), 802), (date(2023, 6, 15), date(2100, 1, 1), 801)],
-    )
-    gateway.add_symbol("OLDCO", [(date(2000, 1, 1), date(2023, 6, 1), 900)])
-    gateway.add_symbol("REUSE", [(date(2023, 6, 1), date(2100, 1, 1), 900)])
 
 
 def get_ranges(gateway) -> list[list[str]]:
@@ -69,7 +39,7 @@ def test_universe_files_equal_single_symbol_requests(gateway, cli, data_dir, tmp
     assert result.exit_code == 0, result.output
     assert len(completions(result.stdout)) == 6
     for symbol in FULL_YEAR:
-        single = single_request(gateway, symbol, tmp_path / f"{symbol}.single")
+        single = plain_get_range(gateway, [symbol], tmp_path / f"{symbol}.single")
         merged = year_folder(data_dir, symbol) / "TRADES.dbn.zst"
         assert decompressed(merged) == decompressed(single), symbol
     for symbol in ("OLDCO", "REUSE"):  # partial years: same file as a one-symbol run
@@ -252,7 +222,7 @@ def test_auto_chunking_fetches_a_small_year_in_one_request(gateway, cli, data_di
     )
     assert result.exit_code == 0, result.output
     assert len(get_ranges(gateway)) == 1
-    single = single_request(gateway, "MSFT", tmp_path / "MSFT.single")
+    single = plain_get_range(gateway, ["MSFT"], tmp_path / "MSFT.single")
     assert decompressed(year_folder(data_dir, "MSFT") / "TRADES.dbn.zst") == decompressed(single)
 
 
