@@ -221,16 +221,15 @@ def resolve_all(
     failures: dict[tuple[str, int], Failure],
 ) -> dict[tuple[TimeRange, str], dict[str, Any]]:
     """symbology.resolve for every (range, symbol), as few calls as the API allows."""
-    wanted: dict[TimeRange, list[str]] = defaultdict(list)
+    wanted: dict[TimeRange, dict[str, None]] = defaultdict(dict)  # ordered sets
     for folder, product in pending:
         span = spans.get((folder.year, product))
-        known = span is not None and (folder.symbol, folder.year) not in failures
-        if known and folder.symbol not in wanted[span]:
-            wanted[span].append(folder.symbol)
+        if span is not None and (folder.symbol, folder.year) not in failures:
+            wanted[span][folder.symbol] = None
     calls = [
         (span, list(batch))
         for span, symbols in wanted.items()
-        for batch in batched(symbols, MAX_SYMBOLS_PER_REQUEST)
+        for batch in batched(list(symbols), MAX_SYMBOLS_PER_REQUEST)
     ]
     answers = run_concurrently(
         [
