@@ -40,7 +40,7 @@ def test_each_symbols_part_equals_a_single_symbol_request(tricky, tmp_path, sche
     group = get_range(tricky, list(GROUP), schema, tmp_path / "group.dbn.zst")
     outputs = {symbol: tmp_path / f"{symbol}.part" for symbol in GROUP}
     request = RangeRequest("XNAS.ITCH", GROUP, schema, SPAN)
-    summaries = split_by_symbol(group, request, record_size, outputs)
+    summaries = split_by_symbol(group, request, record_size, outputs, tmp_path)
     for symbol in GROUP:
         single = get_range(tricky, [symbol], schema, tmp_path / f"{symbol}.single")
         assert decompressed(outputs[symbol]) == decompressed(single), symbol
@@ -56,7 +56,7 @@ def test_unknown_symbol_gets_an_empty_part_marked_not_found(gateway, tmp_path):
     group = get_range(gateway, list(symbols), "trades", tmp_path / "group.dbn.zst")
     outputs = {symbol: tmp_path / f"{symbol}.part" for symbol in symbols}
     summaries = split_by_symbol(
-        group, RangeRequest("XNAS.ITCH", symbols, "trades", SPAN), 48, outputs
+        group, RangeRequest("XNAS.ITCH", symbols, "trades", SPAN), 48, outputs, tmp_path
     )
     assert summaries["ZZZZ"].records == 0
     assert summaries["ZZZZ"].metadata.not_found == ["ZZZZ"]
@@ -70,4 +70,4 @@ def test_stream_of_other_symbols_is_refused(gateway, tmp_path):
     request = RangeRequest("XNAS.ITCH", ("AAPL", "BRK.B"), "trades", SPAN)
     outputs = {symbol: tmp_path / f"{symbol}.part" for symbol in request.symbols}
     with pytest.raises(CorruptFileError, match="does not match its request"):
-        split_by_symbol(group, request, 48, outputs)
+        split_by_symbol(group, request, 48, outputs, tmp_path)

@@ -283,7 +283,7 @@ def fetch_group_chunk(
                     client,
                     asked,
                     served,
-                    lambda source: split_by_symbol(source, asked, record_size, temps),
+                    lambda source: split_by_symbol(source, asked, record_size, temps, inflight),
                     stop=stop,
                 )
             except NoDataError:

@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 INSTRUMENT_ID_OFFSET = 4  # RecordHeader: length u8, rtype u8, publisher_id u16, instrument_id u32
 NS_PER_DAY = 86_400 * 1_000_000_000
 DAY_BITS = 20  # days since 1970 fit in 20 bits until the year 4840
-# Each open symbol keeps a zstd context: a small window keeps a large group's memory small.
-SPLIT_WINDOW_LOG = 17
 
 
 @dataclass(frozen=True)
@@ -95,21 +93,22 @@ def _day(value: Any) -> int:
 
 
 class SymbolPart:
-    """One symbol's part being written: its header frame, then its records in one zstd frame."""
+    """One symbol's part: its records gathered raw while the stream is split, then written as
+    its header frame and one records frame.
 
-    def __init__(self, path: Path, header: bytes, stack: contextlib.ExitStack) -> None:
+    Compressing only after the stream keeps one zstd context per worker, not one per symbol:
+    memory stays flat whatever the group size (each symbol costs an open file, no more).
+    """
+
+    def __init__(self, path: Path, header: bytes, raw: Path, stack: contextlib.ExitStack) -> None:
         self.path = path
         self.header = header
-        self.sink = HashingWriter(stack.enter_context(path.open("wb")))
-        self.sink.write(PartFile.header_frame(header))
-        params = zstandard.ZstdCompressionParameters.from_level(
-            COMPRESSION_LEVEL, window_log=SPLIT_WINDOW_LOG, write_checksum=True
-        )
-        compressor = zstandard.ZstdCompressor(compression_params=params)
-        self.records_out = stack.enter_context(compressor.stream_writer(self.sink, closefd=False))
+        self.raw = stack.enter_context(raw.open("w+b"))
         self.records = 0
         self.first: int | None = None
         self.last: int | None = None
+        self.sha256 = ""
+        self.bytes = 0
 
     def write(self, rows: np.ndarray) -> None:
         stamps = rows[:, TS_RECV_OFFSET : TS_RECV_OFFSET + 8].copy().view("<u8").ravel()
@@ -117,7 +116,17 @@ class SymbolPart:
             self.first = int(stamps[0])
         self.last = int(stamps[-1])
         self.records += len(rows)
-        self.records_out.write(rows.tobytes())
+        self.raw.write(rows.tobytes())
+
+    def finish(self) -> None:
+        """Write the part: header frame, then the gathered records compressed as one frame."""
+        self.raw.seek(0)
+        compressor = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, write_checksum=True)
+        with self.path.open("wb") as handle:
+            sink = HashingWriter(handle)
+            sink.write(PartFile.header_frame(self.header))
+            compressor.copy_stream(self.raw, sink)
+        self.sha256, self.bytes = sink.sha256.hexdigest(), sink.bytes
 
 
 def symbol_header(request: RangeRequest, metadata: Metadata, symbol: str) -> bytes:
@@ -142,11 +151,13 @@ def split_by_symbol(
     request: RangeRequest,
     record_size: int,
     outputs: Mapping[str, Path],
+    workdir: Path,
 ) -> dict[str, StreamSummary]:
     """Check a multi-symbol stream and write each symbol's own part to `outputs[symbol]`.
 
-    Fails (CorruptFileError) on anything a single part would fail on, and on a record that no
-    mapping interval of the requested symbols accounts for.
+    `workdir` (a temporary folder, emptied by the caller) holds each symbol's raw records
+    until the stream has been read. Fails (CorruptFileError) on anything a single part would
+    fail on, and on a record that no mapping interval of the requested symbols accounts for.
     """
     from databento_dbn import Metadata
 
@@ -162,8 +173,13 @@ def split_by_symbol(
             raise CorruptFileError(f"{name} does not match its request: {wrong}")
         routes = Routes.from_metadata(metadata, request.symbols)
         parts = {
-            symbol: SymbolPart(outputs[symbol], symbol_header(request, metadata, symbol), stack)
-            for symbol in request.symbols
+            symbol: SymbolPart(
+                outputs[symbol],
+                symbol_header(request, metadata, symbol),
+                workdir / f"{index}.raw",
+                stack,
+            )
+            for index, symbol in enumerate(request.symbols)
         }
         check = RecordCheck(name, record_size, request.span.start_ns, request.span.end_ns)
         for block in reader.record_blocks(record_size):
@@ -182,6 +198,8 @@ def split_by_symbol(
             present, starts = np.unique(owners[order], return_index=True)
             for index, first, last in zip(present, starts, [*starts[1:], len(order)], strict=True):
                 parts[request.symbols[index]].write(rows[order[first:last]])
+        for part in parts.values():
+            part.finish()
     summaries = {}
     for symbol, part in parts.items():
         summaries[symbol] = StreamSummary(
@@ -190,7 +208,7 @@ def split_by_symbol(
             records=part.records,
             first_ts_recv=part.first,
             last_ts_recv=part.last,
-            sha256=part.sink.sha256.hexdigest(),
-            bytes=part.sink.bytes,
+            sha256=part.sha256,
+            bytes=part.bytes,
         )
     return summaries
