@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from bench import scenarios
 from bench.harness import REPO
 from bench.scenarios import SCENARIOS, THROTTLE_BYTES_PER_S, Bench, Row
 
@@ -71,19 +72,24 @@ def main() -> None:
     log = RESULTS / "latest.log"
     log.write_text("")
     rows: list[Row] = []
+    scenario_s: dict[str, float] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         bench = Bench(
             Path(work), log, quick=args.quick, repeat=args.repeat, cached_runs=cached_runs
         )
         for number in chosen:
-            print(f"scenario {number} ...", flush=True)
+            print(f"scenario {number} ...", end=" ", flush=True)
+            begun = time.monotonic()
             rows += SCENARIOS[number](bench)
+            scenario_s[str(number)] = round(time.monotonic() - begun, 1)
+            print(f"{scenario_s[str(number)]:.0f} s", flush=True)
     print()
     print(format_table(rows))
     report = {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "elapsed_s": round(time.monotonic() - started, 1),
+        "scenario_elapsed_s": scenario_s,
         "git_commit": _git_commit(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "options": {
@@ -92,6 +98,14 @@ def main() -> None:
             "repeat": args.repeat,
             "cached_runs": cached_runs,
             "throttle_bytes_per_s": THROTTLE_BYTES_PER_S,
+            "universe": {
+                "symbols": [bench.universe_size(), bench.universe_size(big=True)],
+                "records_per_day": scenarios.UNIVERSE_RECORDS_PER_DAY,
+                "year": scenarios.UNIVERSE_YEAR,
+                "products": scenarios.UNIVERSE_PRODUCTS,
+                "latency_s": scenarios.UNIVERSE_LATENCY_S,
+                "throttle_bytes_per_s": scenarios.UNIVERSE_THROTTLE_BYTES_PER_S,
+            },
         },
         "rows": [asdict(row) for row in rows],
         "measurements": bench.measurements,

@@ -9,6 +9,7 @@ server or an earlier, bigger run cannot leak into a later measurement.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -24,6 +25,7 @@ PYTHON = sys.executable
 API_KEY = "db-bench-key"
 RUN_TIMEOUT_S = 1800.0
 SERVER_START_TIMEOUT_S = 60.0
+PREWARM_START_TIMEOUT_S = 600.0  # bench.universe_sandbox builds its days before serving
 
 
 class BenchError(RuntimeError):
@@ -128,6 +130,50 @@ def sandbox(
         argv += ["--throttle-bytes-per-s", str(throttle_bytes_per_s)]
     if prebuilt:
         argv += ["--frames", "per_day", "--frame-cache-mb", "8192", "--prewarm", prebuilt]
+    with _server(argv, state_dir) as gateway:
+        yield gateway
+
+
+@contextlib.contextmanager
+def universe_sandbox(
+    state_dir: Path,
+    *,
+    symbols: int,
+    records_per_day: int,
+    throttle_bytes_per_s: int | None,
+    latency_s: float,
+    prewarm_years: Sequence[int] = (),
+) -> Iterator[Gateway]:
+    """The sandbox with SYM000 ... SYM{symbols-1} (`python -m bench.universe_sandbox`).
+
+    When the block ends, state_dir/requests.json holds its requests per endpoint
+    (`server_requests`).
+    """
+    state_dir.mkdir(parents=True)
+    argv = [PYTHON, "-m", "bench.universe_sandbox", "--state-dir", str(state_dir)]
+    argv += ["--symbols", str(symbols), "--records-per-day", str(records_per_day)]
+    argv += ["--latency-s", str(latency_s), "--available-end", "2025-01-01"]
+    if throttle_bytes_per_s:
+        argv += ["--throttle-bytes-per-s", str(throttle_bytes_per_s)]
+    for year in prewarm_years:
+        argv += ["--prewarm-year", str(year)]
+    with _server(argv, state_dir, start_timeout_s=PREWARM_START_TIMEOUT_S) as gateway:
+        yield gateway
+
+
+def server_requests(state_dir: Path) -> dict[str, int]:
+    """Requests per endpoint a stopped `universe_sandbox` received."""
+    path = state_dir / "requests.json"
+    if not path.exists():
+        raise BenchError(f"the sandbox wrote no request counts; see {state_dir / 'server.log'}")
+    return json.loads(path.read_text())
+
+
+@contextlib.contextmanager
+def _server(
+    argv: list[str], state_dir: Path, *, start_timeout_s: float = SERVER_START_TIMEOUT_S
+) -> Iterator[Gateway]:
+    """Run a sandbox server process until the block ends (SIGTERM, then SIGKILL after 15 s)."""
     log = state_dir / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen(
@@ -135,7 +181,7 @@ def sandbox(
         )
     try:
         address_file = state_dir / "gateway"  # written last, atomically
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        deadline = time.monotonic() + start_timeout_s
         while not address_file.exists():
             if server.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"the sandbox gateway did not start; see {log}")
@@ -162,3 +208,27 @@ def plain_argv(out: Path) -> list[str]:
 
 def import_argv() -> list[str]:
     return [PYTHON, "-c", "import typer, loguru"]
+
+
+def universe_argv(
+    data_dir: Path, symbols: Sequence[str] | Path, *, products: str, year: int
+) -> list[str]:
+    """Our universe command: --symbols A,B,... (or --symbols-file PATH), one --year."""
+    argv = [PYTHON, "-m", "backend.jobs.cli", "data"]
+    if isinstance(symbols, Path):
+        argv += ["--symbols-file", str(symbols)]
+    else:
+        argv += ["--symbols", ",".join(symbols)]
+    return [*argv, "--year", str(year), "--products", products, "--data-dir", str(data_dir)]
+
+
+def single_argv(data_dir: Path, symbol: str, *, products: str, year: int) -> list[str]:
+    """Our single-symbol command, as run once per symbol before the universe existed."""
+    argv = [PYTHON, "-m", "backend.jobs.cli", "data", "--symbol", symbol, "--year", str(year)]
+    return [*argv, "--products", products, "--data-dir", str(data_dir)]
+
+
+def loop_argv(out_dir: Path, symbols: Sequence[str], *, schemas: str, year: int) -> list[str]:
+    """The loop by hand: one plain get_range(path=) per symbol-year-product, in sequence."""
+    argv = [PYTHON, "-m", "bench.plain_sdk", "--out-dir", str(out_dir)]
+    return [*argv, "--symbols", ",".join(symbols), "--years", str(year), "--schemas", schemas]

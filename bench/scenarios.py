@@ -1,4 +1,9 @@
-"""The four comparisons; each measured command runs in its own process against a fresh sandbox."""
+"""The comparisons; each measured command runs in its own process against a fresh sandbox.
+
+1-4: one symbol-year of AAPL (`python -m backend.sandbox serve`). 5-7: a universe of synthetic
+symbols SYM000... (`python -m bench.universe_sandbox`), with the query latency and per-connection
+bandwidth of a remote service.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,12 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import zstandard
 
 from bench.harness import (
     PYTHON,
@@ -17,11 +25,16 @@ from bench.harness import (
     Gateway,
     Measurement,
     import_argv,
+    loop_argv,
     measure,
     median_of,
     ours_argv,
     plain_argv,
     sandbox,
+    server_requests,
+    single_argv,
+    universe_argv,
+    universe_sandbox,
 )
 
 PREBUILT_YEAR = "XNAS.ITCH/AAPL/trades/2023"
@@ -29,6 +42,19 @@ RECORDS_PER_GIB = 86_000  # 48-byte trades x 260 weekdays of 2023 ~= 1 GiB uncom
 THROTTLE_BYTES_PER_S = 20_000_000  # per connection, on the compressed body
 QUICK_DIVISOR = 16
 RSS_LIMIT_MB = 200.0
+
+# The universe (scenarios 5-7): small symbols, a remote service's latency and bandwidth.
+UNIVERSE_SYMBOLS = 30
+UNIVERSE_SYMBOLS_BIG = 300
+UNIVERSE_SYMBOLS_QUICK = 8  # and 10x that for the big one
+UNIVERSE_RECORDS_PER_DAY = 50  # a symbol-year: ~0.29 MB of trades, ~0.42 MB of tbbo (zstd)
+UNIVERSE_YEAR = 2023
+UNIVERSE_PRODUCTS = "trades,tbbo"
+UNIVERSE_LATENCY_S = 0.25  # before the first byte of every get_range answer
+UNIVERSE_THROTTLE_BYTES_PER_S = 10_000_000  # per connection
+UNIVERSE_SPEEDUP_TARGET = 10.0
+UNIVERSE_RSS_LIMIT_MB = 250.0
+GET_RANGE = "timeseries.get_range"
 
 
 @dataclass(frozen=True)
@@ -49,6 +75,15 @@ def _mb(run: Measurement) -> str:
     return f"{run.peak_rss_mb:.0f} MB"
 
 
+@dataclass(frozen=True)
+class UniverseRun:
+    """One side of a universe comparison: its median run, its files and its get_range count."""
+
+    run: Measurement
+    files: Path  # SYMBOL/YEAR/PRODUCT.dbn.zst below it
+    get_range: int
+
+
 class Bench:
     """Runs scenarios, sharing the downloads they have in common (memoized by volume)."""
 
@@ -57,6 +92,7 @@ class Bench:
         self.quick, self.repeat, self.cached_runs = quick, repeat, cached_runs
         self.measurements: dict[str, Any] = {}
         self._ours: dict[int, tuple[Measurement, Path]] = {}
+        self._universe: dict[tuple[str, int, bool], UniverseRun] = {}
         self._ids = itertools.count(1)
 
     def records_per_day(self, gib: float) -> int:
@@ -181,12 +217,166 @@ class Bench:
             Row(name + note, _s(ours), _s(baseline), ratio, "<= 2", ratio <= 2 and not imported)
         ]
 
+    # the universe scenarios
+
+    def universe_size(self, *, big: bool = False) -> int:
+        small = UNIVERSE_SYMBOLS_QUICK if self.quick else UNIVERSE_SYMBOLS
+        if not big:
+            return small
+        return 10 * UNIVERSE_SYMBOLS_QUICK if self.quick else UNIVERSE_SYMBOLS_BIG
+
+    def universe(self, kind: str, symbols: int, *, prewarm: bool = True) -> UniverseRun:
+        """`kind` over SYM000..: "ours" (one universe command), "loop" (the plain SDK by hand,
+        one process) or "singles" (our single-symbol command once per symbol, in sequence).
+
+        Median of `repeat` runs, each on a fresh sandbox; memoized. `prewarm`: the stand-in
+        built its records before serving (see bench.universe_sandbox), else generates live.
+        """
+        key = (kind, symbols, prewarm)
+        if key in self._universe:
+            return self._universe[key]
+        names = [f"SYM{i:03d}" for i in range(symbols)]
+        runs: list[Measurement] = []
+        target: Path | None = None
+        requests: dict[str, int] = {}
+        for _ in range(self.repeat):
+            if target is not None:  # keep only the last run's output on disk
+                _remove(target)
+            state_dir = self._path("universe-server")
+            with universe_sandbox(
+                state_dir,
+                symbols=symbols,
+                records_per_day=UNIVERSE_RECORDS_PER_DAY,
+                throttle_bytes_per_s=UNIVERSE_THROTTLE_BYTES_PER_S,
+                latency_s=UNIVERSE_LATENCY_S,
+                prewarm_years=[UNIVERSE_YEAR] if prewarm else [],
+            ) as gateway:
+                target = self._path(f"{kind}-{symbols}")
+                runs.append(self._run_universe(kind, names, target, gateway))
+            requests = server_requests(state_dir)
+        assert target is not None
+        files = target / "raw" / "databento" if kind != "loop" else target
+        result = UniverseRun(median_of(runs), files, requests.get(GET_RANGE, 0))
+        self.measurements[f"universe {kind} symbols={symbols} prewarm={prewarm}"] = {
+            "median": result.run.as_json(),
+            "runs": [run.as_json() for run in runs],
+            "records_per_day": UNIVERSE_RECORDS_PER_DAY,
+            "products": UNIVERSE_PRODUCTS,
+            "files": sum(1 for _ in _dbn_files(files)),
+            "output_bytes": sum(path.stat().st_size for _, path in _dbn_files(files)),
+            "requests": requests,
+        }
+        self._universe[key] = result
+        return result
+
+    def _run_universe(
+        self, kind: str, names: list[str], target: Path, gateway: Gateway
+    ) -> Measurement:
+        env = gateway.env()
+        year, products = UNIVERSE_YEAR, UNIVERSE_PRODUCTS
+        if kind == "loop":
+            argv = loop_argv(target, names, schemas=products, year=year)
+            return measure(argv, env=env, log=self.log)
+        if kind == "ours":
+            symbols: list[str] | Path = names
+            if len(names) > UNIVERSE_SYMBOLS:  # nobody types 300 tickers: a symbols file
+                symbols = self.work / f"symbols-{len(names)}.txt"
+                symbols.write_text("".join(f"{name}\n" for name in names))
+            argv = universe_argv(target, symbols, products=products, year=year)
+            return measure(argv, env=env, log=self.log)
+        runs = [
+            measure(single_argv(target, name, products=products, year=year), env=env, log=self.log)
+            for name in names
+        ]
+        return Measurement(sum(r.wall_s for r in runs), max(r.peak_rss_mb for r in runs))
+
+    def _universe_label(self, symbols: int) -> str:
+        return f"{symbols} sym x {UNIVERSE_YEAR} {UNIVERSE_PRODUCTS.replace(',', '+')}"
+
+    def universe_vs_loop(self) -> list[Row]:
+        """Ours against the loop by hand, and whether every file is the loop's, decoded."""
+        n = self.universe_size()
+        net = (
+            f"{UNIVERSE_LATENCY_S:g} s latency, {UNIVERSE_THROTTLE_BYTES_PER_S / 1e6:.0f} MB/s/conn"
+        )
+        rows = []
+        for prewarm, label, target in (
+            (True, "", f">= {UNIVERSE_SPEEDUP_TARGET:g}"),
+            (False, ", live stand-in", "-"),
+        ):
+            ours = self.universe("ours", n, prewarm=prewarm)
+            loop = self.universe("loop", n, prewarm=prewarm)
+            ratio = loop.run.wall_s / ours.run.wall_s
+            met = ratio >= UNIVERSE_SPEEDUP_TARGET if prewarm else None
+            name = f"5. {self._universe_label(n)}, {net}{label} (loop/ours)"
+            rows.append(Row(name, _s(ours.run), _s(loop.run), ratio, target, met))
+            if prewarm:
+                equal, compared, note = compare_files(ours.files, loop.files)
+                self.measurements[f"universe files equal symbols={n}"] = {
+                    "equal": equal,
+                    "compared": compared,
+                    "problems": note,
+                }
+                same = equal == compared and not note
+                rows.append(
+                    Row(
+                        f"5. files equal, decoded (ours vs loop){': ' + note[0] if note else ''}",
+                        "yes" if same else "no",
+                        f"{equal}/{compared} files",
+                        None,
+                        "all",
+                        same,
+                    )
+                )
+        return rows
+
+    def universe_vs_singles(self) -> list[Row]:
+        """Ours against our own single-symbol command run once per symbol, in sequence."""
+        n = self.universe_size()
+        ours = self.universe("ours", n)
+        singles = self.universe("singles", n)
+        ratio = singles.run.wall_s / ours.run.wall_s
+        return [
+            Row(
+                f"6. {self._universe_label(n)}: universe vs {n} single-symbol runs (singles/ours)",
+                _s(ours.run),
+                _s(singles.run),
+                ratio,
+                "-",
+                None,
+            ),
+            Row(
+                "6. get_range requests (singles/ours)",
+                str(ours.get_range),
+                str(singles.get_range),
+                singles.get_range / ours.get_range if ours.get_range else None,
+                "-",
+                None,
+            ),
+        ]
+
+    def universe_memory(self) -> list[Row]:
+        """Peak RSS of the universe command, 10x the symbols (same per-symbol volume)."""
+        small_n, big_n = self.universe_size(), self.universe_size(big=True)
+        small = self.universe("ours", small_n).run
+        big = self.universe("ours", big_n).run
+        ratio = big.peak_rss_mb / small.peak_rss_mb
+        met = max(big.peak_rss_mb, small.peak_rss_mb) <= UNIVERSE_RSS_LIMIT_MB
+        name = (
+            f"7. peak RSS ours, {big_n} (ours) vs {small_n} (base) sym x "
+            f"{UNIVERSE_YEAR} {UNIVERSE_PRODUCTS.replace(',', '+')}"
+        )
+        return [Row(name, _mb(big), _mb(small), ratio, f"<= {UNIVERSE_RSS_LIMIT_MB:.0f} MB", met)]
+
 
 SCENARIOS = {
     1: Bench.year_vs_plain,
     2: Bench.throttled,
     3: Bench.flat_memory,
     4: Bench.cached_rerun,
+    5: Bench.universe_vs_loop,
+    6: Bench.universe_vs_singles,
+    7: Bench.universe_memory,
 }
 
 
@@ -217,3 +407,32 @@ def _manifest_records(data_dir: Path | None) -> int | None:
     if not manifests:
         return None
     return json.loads(manifests[0].read_text())["products"]["TRADES"]["records"]
+
+
+def _dbn_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """(SYMBOL/YEAR/PRODUCT.dbn.zst, path) below `root`, sorted."""
+    for path in sorted(root.rglob("*.dbn.zst")):
+        yield path.relative_to(root).as_posix(), path
+
+
+def _decoded(path: Path) -> bytes:
+    with path.open("rb") as raw:
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return reader.read()
+
+
+def compare_files(ours: Path, theirs: Path) -> tuple[int, int, list[str]]:
+    """How many of `theirs` files decode (zstd, across frames) to the bytes of ours, of how
+    many; and what is missing or extra on our side."""
+    our_files, their_files = dict(_dbn_files(ours)), dict(_dbn_files(theirs))
+    problems = [f"missing {name}" for name in sorted(their_files.keys() - our_files.keys())]
+    problems += [f"extra {name}" for name in sorted(our_files.keys() - their_files.keys())]
+    equal = 0
+    for name, path in their_files.items():
+        if name not in our_files:
+            continue
+        if _decoded(our_files[name]) == _decoded(path):
+            equal += 1
+        else:
+            problems.append(f"differs {name}")
+    return equal, len(their_files), problems

@@ -167,12 +167,19 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def publish(temp: Path, final: Path) -> None:
-    """Make a fully written temp file visible under its final name, durably."""
-    with temp.open("rb+") as handle:
-        os.fsync(handle.fileno())
+def publish(temp: Path, final: Path, *, durable: bool = True) -> None:
+    """Make a fully written temp file visible under its final name (atomic rename).
+
+    Durable: the content is on disk before the rename and the rename before returning. Parts
+    are published without it: each is decoded and checked again before it is reused, so one
+    torn by a power cut is simply fetched again (and thousands of fsyncs are saved).
+    """
+    if durable:
+        with temp.open("rb+") as handle:
+            os.fsync(handle.fileno())
     temp.replace(final)
-    fsync_dir(final.parent)
+    if durable:
+        fsync_dir(final.parent)
 
 
 def writable_destination(final: Path) -> str | None:

@@ -202,7 +202,7 @@ def fetch_chunk(
                 logger.log(level, "{}: the service resolves nothing here; an empty part", label)
                 served.write_bytes(PartFile.header_frame(encode_header(request, empty_header)))
                 summary = check_part(served, request, record_size, recode_to=recoded)
-            publish(recoded or served, final)
+            publish(recoded or served, final, durable=False)
             logger.debug(
                 "{}: {} records, {} bytes kept, in {:.2f}s",
                 *(label, summary.records, summary.bytes, time.monotonic() - began),
@@ -299,7 +299,7 @@ def fetch_group_chunk(
                     )
             fetched = {}
             for symbol in missing:
-                publish(temps[symbol], finals[symbol])
+                publish(temps[symbol], finals[symbol], durable=False)
                 summary = summaries[symbol]
                 layout = PartFile.written(finals[symbol], summary.metadata_bytes)
                 fetched[symbol] = Part(
