@@ -20,17 +20,12 @@ models a remote server whose work does not compete with the client, for both sid
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import signal
-import threading
-from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 
 from backend.sandbox import SandboxGateway, generate_day
 from backend.sandbox import records as sandbox_records
+from backend.sandbox.__main__ import run_until_stopped
 
 LISTED = (date(2000, 1, 1), date(2100, 1, 1))
 FIRST_INSTRUMENT_ID = 10_000
@@ -69,12 +64,6 @@ def _utc_date(text: str) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.tmp")
-    partial.write_text(text)
-    partial.replace(path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.universe_sandbox", description=__doc__)
     parser.add_argument("--state-dir", type=Path, required=True)
@@ -87,16 +76,6 @@ def main() -> None:
     parser.add_argument("--prewarm-schemas", default="trades,tbbo")
     args = parser.parse_args()
 
-    stop_requested = threading.Event()
-
-    def request_stop(_signum: int, _frame: FrameType | None) -> None:
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-
-    state_dir: Path = args.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
     gateway = SandboxGateway(
         records_per_day=args.records_per_day,
         available_end=args.available_end,
@@ -108,13 +87,7 @@ def main() -> None:
         gateway.add_symbol(symbol, [(*LISTED, FIRST_INSTRUMENT_ID + i)])
     if args.prewarm_year:
         prewarm(symbols, args.prewarm_year, args.prewarm_schemas.split(","), args.records_per_day)
-    with gateway:
-        shutil.copyfile(gateway.ca_path, state_dir / "ca.pem")
-        _write_atomically(state_dir / "gateway", gateway.gateway)
-        while not stop_requested.wait(0.2):
-            pass
-        endpoints = Counter(request.endpoint for request in list(gateway.requests))
-        _write_atomically(state_dir / "requests.json", json.dumps(dict(endpoints), indent=2))
+    run_until_stopped(gateway, args.state_dir)
 
 
 if __name__ == "__main__":

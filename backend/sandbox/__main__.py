@@ -7,11 +7,13 @@ atomically and last, so a waiter can poll for it).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import signal
 import sys
 import threading
+from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import FrameType
@@ -78,7 +80,12 @@ def _write_atomically(path: Path, text: str) -> None:
     partial.replace(path)
 
 
-def serve(args: argparse.Namespace) -> int:
+def run_until_stopped(gateway: SandboxGateway, state_dir: Path) -> None:
+    """Serve until SIGTERM or SIGINT.
+
+    Writes STATE/ca.pem, then STATE/gateway (atomically, last: its presence means ready); on
+    the stop, STATE/requests.json (requests per endpoint) before the server closes.
+    """
     stop_requested = threading.Event()
 
     def request_stop(_signum: int, _frame: FrameType | None) -> None:
@@ -86,9 +93,21 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-
-    state_dir: Path = args.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
+    with gateway:
+        shutil.copyfile(gateway.ca_path, state_dir / "ca.pem")
+        _write_atomically(state_dir / "gateway", gateway.gateway)
+        logger.info(
+            "sandbox gateway serving https://%s (CA %s)", gateway.gateway, state_dir / "ca.pem"
+        )
+        # Wake up periodically so signals are handled promptly on every platform.
+        while not stop_requested.wait(0.5):
+            pass
+        endpoints = Counter(request.endpoint for request in list(gateway.requests))
+        _write_atomically(state_dir / "requests.json", json.dumps(dict(endpoints), indent=2))
+
+
+def serve(args: argparse.Namespace) -> int:
     gateway = SandboxGateway(
         records_per_day=args.records_per_day,
         available_end=args.available_end,
@@ -104,15 +123,7 @@ def serve(args: argparse.Namespace) -> int:
         dataset, symbol, schema, year = spec.split("/")
         cached = gateway.prewarm(dataset, symbol, schema, int(year))
         logger.info("prewarmed %s: %.1f MB of frames", spec, cached / 1e6)
-    with gateway:
-        shutil.copyfile(gateway.ca_path, state_dir / "ca.pem")
-        _write_atomically(state_dir / "gateway", gateway.gateway)
-        logger.info(
-            "sandbox gateway serving https://%s (CA %s)", gateway.gateway, state_dir / "ca.pem"
-        )
-        # Wake up periodically so signals are handled promptly on every platform.
-        while not stop_requested.wait(0.5):
-            pass
+    run_until_stopped(gateway, args.state_dir)
     return 0
 
 
