@@ -197,11 +197,8 @@ def fetch_chunk(
             except NoDataError:
                 if empty_header is None:
                     raise
-                # Expected for a chunk of weekend or holiday days; worth a look otherwise.
-                level = "DEBUG" if not has_weekday(request.span) else "WARNING"
-                logger.log(level, "{}: the service resolves nothing here; an empty part", label)
-                served.write_bytes(PartFile.header_frame(encode_header(request, empty_header)))
-                summary = check_part(served, request, record_size, recode_to=recoded)
+                log_nothing_to_resolve(label, request.span)
+                summary = empty_part(served, request, empty_header, record_size, recoded)
             publish(recoded or served, final, durable=False)
             logger.debug(
                 "{}: {} records, {} bytes kept, in {:.2f}s",
@@ -221,6 +218,24 @@ def fetch_chunk(
         label=label,
         retry_on=(TransientError, CorruptFileError),
     )
+
+
+def log_nothing_to_resolve(label: str, span: TimeRange) -> None:
+    # Expected for a chunk of weekend or holiday days; worth a look otherwise.
+    level = "DEBUG" if not has_weekday(span) else "WARNING"
+    logger.log(level, "{}: the service resolves nothing here; empty part(s)", label)
+
+
+def empty_part(
+    path: Path,
+    request: RangeRequest,
+    header: HeaderFields,
+    record_size: int,
+    recode_to: Path | None,
+) -> StreamSummary:
+    """What an empty stream for `request` would be: its header and no record, checked."""
+    path.write_bytes(PartFile.header_frame(encode_header(request, header)))
+    return check_part(path, request, record_size, recode_to=recode_to)
 
 
 def reusable_part(
@@ -287,16 +302,13 @@ def fetch_group_chunk(
                     stop=stop,
                 )
             except NoDataError:
-                level = "DEBUG" if not has_weekday(request.span) else "WARNING"
-                logger.log(level, "{}: the service resolves nothing here; empty parts", label)
-                summaries = {}
-                for symbol in missing:
-                    served.write_bytes(
-                        PartFile.header_frame(encode_header(alone(symbol), empty_headers[symbol]))
+                log_nothing_to_resolve(label, request.span)
+                summaries = {
+                    symbol: empty_part(
+                        served, alone(symbol), empty_headers[symbol], record_size, temps[symbol]
                     )
-                    summaries[symbol] = check_part(
-                        served, alone(symbol), record_size, recode_to=temps[symbol]
-                    )
+                    for symbol in missing
+                }
             fetched = {}
             for symbol in missing:
                 publish(temps[symbol], finals[symbol], durable=False)
