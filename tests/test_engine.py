@@ -245,13 +245,7 @@ def test_kill_9_then_rerun_resumes_without_refetching_finished_chunks(
         wait_for(lambda: bool(leftovers(data_dir)))  # killed mid-stream of the first chunks
     run.send_signal(signal.SIGKILL)
     run.communicate()
-    kept = {part.name for part in finished_parts(data_dir)}
-    slow_gateway.reset()
-    rerun = cli_process(slow_gateway, data_dir, "--jobs", "4")
-    out, err = rerun.communicate(timeout=120)
-    assert rerun.returncode == 0, out + err
-    assert len(kept) + slow_gateway.count("timeseries.get_range") == 12
-    assert f"reused_chunks={len(kept)}" in out
+    rerun_reusing_kept_parts(slow_gateway, data_dir)
     assert leftovers(data_dir) == []
     assert not (year_folder(data_dir) / ".parts").exists()
     verify = subprocess.run(
@@ -262,6 +256,17 @@ def test_kill_9_then_rerun_resumes_without_refetching_finished_chunks(
         check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def rerun_reusing_kept_parts(slow, data_dir: Path) -> None:
+    """Run again: it must complete the year asking only for the chunks no part was kept of."""
+    kept = {part.name for part in finished_parts(data_dir)}
+    slow.reset()
+    rerun = cli_process(slow, data_dir, "--jobs", "4")
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, out + err
+    assert len(kept) + slow.count("timeseries.get_range") == 12
+    assert f"reused_chunks={len(kept)}" in out
 
 
 def stop_after_a_part(slow, data_dir: Path, signum: int) -> tuple[subprocess.Popen[str], str]:
@@ -303,13 +308,7 @@ def test_rerun_after_sigterm_fetches_only_the_missing_chunks(slow_gateway, tmp_p
     """The parts a stopped run finished are not requested (nor billed) again."""
     data_dir = tmp_path / "data"
     stop_after_a_part(slow_gateway, data_dir, signal.SIGTERM)
-    kept = {part.name for part in finished_parts(data_dir)}
-    slow_gateway.reset()
-    rerun = cli_process(slow_gateway, data_dir, "--jobs", "4")
-    out, err = rerun.communicate(timeout=120)
-    assert rerun.returncode == 0, out + err
-    assert len(kept) + slow_gateway.count("timeseries.get_range") == 12
-    assert f"reused_chunks={len(kept)}" in out
+    rerun_reusing_kept_parts(slow_gateway, data_dir)
 
 
 @pytest.mark.slow

@@ -295,34 +295,23 @@ def estimate_groups(
 
 
 def log_preflight(group: GroupPlan) -> None:
-    common = {
-        "product": group.product.name,
-        "start": group.span.start,
-        "end": group.span.end,
-        "chunks": len(group.chunks),
-        "est_bytes": group.estimated_bytes,
-        "est_usd": round(group.estimated_usd, 6),
-    }
+    """One `preflight` line per group: who (a symbol-year, or how many), then what and how much."""
+    first = group.members[0]
     if len(group.members) == 1:
-        member = group.members[0]
-        key_value_line(
-            "preflight",
-            symbol=member.symbol,
-            year=member.year,
-            product=common.pop("product"),
-            start=common.pop("start"),
-            end=common.pop("end"),
-            instrument_ids=",".join(member.instrument_ids),
-            **common,
-        )
+        who = {"symbol": first.symbol, "year": first.year}
     else:
-        key_value_line(
-            "preflight",
-            group=group.number,
-            symbols=len(group.members),
-            year=group.members[0].year,
-            **common,
-        )
+        who = {"group": group.number, "symbols": len(group.members), "year": first.year}
+    what = {"product": group.product.name, "start": group.span.start, "end": group.span.end}
+    if len(group.members) == 1:
+        what["instrument_ids"] = ",".join(first.instrument_ids)
+    key_value_line(
+        "preflight",
+        **who,
+        **what,
+        chunks=len(group.chunks),
+        est_bytes=group.estimated_bytes,
+        est_usd=round(group.estimated_usd, 6),
+    )
 
 
 def check_budget(plan: UniversePlan, max_cost: float | None) -> None:
