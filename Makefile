@@ -10,7 +10,7 @@ universe = $(if $(SYMBOL),--symbol "$(SYMBOL)") $(if $(YEAR),--year "$(YEAR)") \
 	$(if $(SYMBOLS),--symbols "$(SYMBOLS)") $(if $(SYMBOLS_FILE),--symbols-file "$(SYMBOLS_FILE)") \
 	$(if $(YEARS),--years "$(YEARS)")
 flags = $(if $(call truthy,$(FORCE)),--force) $(if $(call truthy,$(DRY_RUN)),--dry-run) \
-	$(if $(DATASET),--dataset "$(DATASET)")
+	$(if $(DATASET),--dataset "$(DATASET)") $(if $(ENGINE),--engine "$(ENGINE)")
 
 .PHONY: data demo test lint status verify bench clean-venv
 
@@ -21,7 +21,7 @@ $(READY): pyproject.toml
 	touch $(READY)
 
 data: $(READY)
-	@test -n "$(SYMBOL)$(SYMBOLS)$(SYMBOLS_FILE)" -a -n "$(YEAR)$(YEARS)" || { echo "usage: make data SYMBOL=AAPL YEAR=2023 | SYMBOLS=AAPL,MSFT YEARS=2021-2023 | SYMBOLS_FILE=list.txt YEARS=... [FORCE=1] [DRY_RUN=1] [PRODUCTS=trades,tbbo] [DATASET=XNAS.ITCH]" >&2; exit 2; }
+	@test -n "$(SYMBOL)$(SYMBOLS)$(SYMBOLS_FILE)" -a -n "$(YEAR)$(YEARS)" || { echo "usage: make data SYMBOL=AAPL YEAR=2023 | SYMBOLS=AAPL,MSFT YEARS=2021-2023 | SYMBOLS_FILE=list.txt YEARS=... [FORCE=1] [DRY_RUN=1] [PRODUCTS=trades,tbbo] [DATASET=XNAS.ITCH] [ENGINE=auto|stream|batch]" >&2; exit 2; }
 	$(BIN)/invoke data $(universe) --products "$(PRODUCTS)" $(flags)
 
 demo: $(READY)

@@ -40,6 +40,7 @@ def _options(**values: object) -> str:
         "force": "re-download even if cached",
         "dataset": "Databento dataset code (default XNAS.ITCH)",
         "dry_run": "print the plan and the cost estimate, download nothing",
+        "engine": "auto (batch job above 5GB estimated), stream or batch",
     }
 )
 def data(  # noqa: PLR0917
@@ -53,6 +54,7 @@ def data(  # noqa: PLR0917
     force=False,
     dataset="",
     dry_run=False,
+    engine="",
 ):
     """Ingest TRADES and TBBO of symbol-years into data/raw/databento/."""
     options = _options(
@@ -65,6 +67,7 @@ def data(  # noqa: PLR0917
         force=force,
         dataset=dataset,
         dry_run=dry_run,
+        engine=engine,
     )
     _run(c, f"{CLI} data {options}")
 

@@ -126,6 +126,7 @@ def test_dry_run_estimate_matches_what_the_server_prices(gateway, cli, data_dir,
         assert float(line["est_usd"]) == pytest.approx(cost, abs=1e-6)
         assert rows[product][1:] == [
             "to download",
+            "stream",
             "2023-01-01 .. 2024-01-01 (excl.)",
             "12",
             f"{size / 1e6:,.1f} MB",

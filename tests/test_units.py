@@ -321,3 +321,83 @@ def test_pacer_spaces_requests_and_holds_them_all_after_a_429():
     held = time.monotonic()
     pacer.wait("metadata", stop)
     assert time.monotonic() - held >= 0.19
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("5GB", 5 * 10**9), ("800MB", 8 * 10**8), ("1.5 GiB", 3 * 2**29), ("123", 123), ("2kb", 2000)],
+)
+def test_parse_size_reads_decimal_and_binary_units(text, expected):
+    """GB is 10^9 bytes, as Databento bills; GiB is 2^30."""
+    from backend.jobs.engines import parse_size
+
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("6h", 21600), ("90m", 5400), ("1h30m", 5400), ("45s", 45), ("10", 10)]
+)
+def test_parse_duration_reads_hours_minutes_seconds(text, expected):
+    from backend.jobs.engines import parse_duration
+
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5", "6x", "h", "1h-3m"])
+def test_parse_duration_refuses_what_is_not_a_positive_duration(text):
+    from backend.jobs.engines import parse_duration
+
+    with pytest.raises(InvalidInputError, match="is not a duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("engine", "estimate", "expected"),
+    [
+        ("auto", 6 * 10**9, "batch"),
+        ("auto", 5 * 10**9, "stream"),
+        ("stream", 10**12, "stream"),
+        ("batch", 1, "batch"),
+    ],
+)
+def test_choose_engine_uses_batch_above_the_threshold_only_in_auto(engine, estimate, expected):
+    from backend.jobs.engines import choose_engine
+
+    chosen, why = choose_engine(engine, estimate, 5 * 10**9)
+    assert chosen == expected
+    assert why
+
+
+def test_tiles_accepts_only_ranges_covering_the_whole_end_to_end():
+    from backend.jobs.batch import tiles
+    from backend.jobs.plan import TimeRange
+
+    whole = TimeRange(0, 30)
+    assert tiles([TimeRange(0, 10), TimeRange(10, 30)], whole)
+    assert not tiles([TimeRange(0, 10), TimeRange(11, 30)], whole)  # a gap
+    assert not tiles([TimeRange(0, 10), TimeRange(5, 30)], whole)  # an overlap
+    assert not tiles([TimeRange(0, 10)], whole)  # short
+
+
+def test_job_request_recognises_its_own_job_among_others():
+    """A lost submit's job is found by what it asks for, not by time alone."""
+    from backend.jobs.batchjob import JobRequest
+    from backend.jobs.plan import TimeRange
+    from tests.helpers import YEAR_2023
+
+    job = JobRequest("XNAS.ITCH", ("AAPL", "MSFT"), "trades", TimeRange(*YEAR_2023), "month")
+    details = {
+        "dataset": "XNAS.ITCH",
+        "schema": "trades",
+        "symbols": ["MSFT", "AAPL"],
+        "start": "2023-01-01T00:00:00.000000000Z",
+        "end": "2024-01-01T00:00:00.000000000Z",
+        "split_duration": "month",
+        "encoding": "dbn",
+        "compression": "zstd",
+        "split_symbols": False,
+    }
+    assert job.answered_by(details)
+    assert not job.answered_by({**details, "schema": "tbbo"})
+    assert not job.answered_by({**details, "end": "2023-12-31T00:00:00Z"})
+    assert not job.answered_by({**details, "start": "garbage"})

@@ -97,32 +97,32 @@ class GrowingFile:
 
 
 def stream_and_check(
-    client: Downloader,
-    request: RangeRequest,
+    fetch: Callable[[], None],
     served: Path,
     check: Callable[[GrowingFile], T],
     *,
     stop: threading.Event,
 ) -> T:
-    """Stream a chunk to `served` while `check` reads (and re-encodes) what has arrived so far.
+    """Run `fetch` (which writes `served`) while `check` reads (and re-encodes) what has
+    arrived so far.
 
-    The SDK streams on a daemon thread: when the run stops, the check ends at once and the
-    stream is abandoned (its read is bounded by --timeout, and its folder is removed so it
-    cannot leave a file behind); otherwise the stream is always waited for.
+    The download runs on a daemon thread: when the run stops, the check ends at once and the
+    stream is abandoned (its read is bounded by --timeout, and a chunk's folder is removed so it
+    cannot leave a file behind); otherwise the download is always waited for.
     """
     done = threading.Event()
     failure: list[BaseException] = []
 
-    def fetch() -> None:
+    def download() -> None:
         try:
-            client.download(request, served)
+            fetch()
         except BaseException as exc:  # noqa: BLE001  handed to the checking thread below
             failure.append(exc)
         finally:
             done.set()
 
     fetcher = threading.Thread(
-        target=fetch, name=f"{threading.current_thread().name}-fetch", daemon=True
+        target=download, name=f"{threading.current_thread().name}-fetch", daemon=True
     )
     fetcher.start()
     growing = GrowingFile(served, done, stop)
@@ -188,8 +188,7 @@ def fetch_chunk(
             began = time.monotonic()
             try:
                 summary = stream_and_check(
-                    client,
-                    request,
+                    lambda: client.download(request, served),
                     served,
                     lambda source: check_part(source, request, record_size, recode_to=recoded),
                     stop=stop,
@@ -295,8 +294,7 @@ def fetch_group_chunk(
         try:
             try:
                 summaries = stream_and_check(
-                    client,
-                    asked,
+                    lambda: client.download(asked, served),
                     served,
                     lambda source: split_by_symbol(source, asked, record_size, temps, inflight),
                     stop=stop,

@@ -16,6 +16,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from loguru import logger
 
+from backend.jobs.engines import (
+    DEFAULT_BATCH_ABOVE,
+    DEFAULT_BATCH_TIMEOUT,
+    parse_duration,
+    parse_engine,
+    parse_size,
+)
 from backend.jobs.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -54,6 +61,8 @@ ENV_HELP = """\b
 Environment:
   DATABENTO_API_KEY   your key (required to download; never logged)
   DATABENTO_GATEWAY   historical API gateway, HOST:PORT or URL (tests/sandbox)
+  DATABENTO_ENGINE    auto, stream or batch (--engine wins)
+  DATABENTO_MAX_COST  budget in USD (--max-cost wins)
   DATA_DIR            cache root (default: the repository's data/)
 """
 
@@ -177,9 +186,34 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     lock_timeout: Annotated[
         float, typer.Option(min=0, help="Seconds to wait for another run on the same files.")
     ] = 600.0,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="auto: a Databento batch job for each group estimated above --batch-above, "
+            "streaming requests otherwise; stream; batch [env DATABENTO_ENGINE; default auto].",
+            show_default=False,
+        ),
+    ] = None,
+    batch_above: Annotated[
+        str,
+        typer.Option(
+            help="With --engine auto: the estimated size above which a batch job is used "
+            "(e.g. 800MB, 5GB).",
+        ),
+    ] = DEFAULT_BATCH_ABOVE,
+    batch_timeout: Annotated[
+        str,
+        typer.Option(
+            help="How long to wait for batch jobs to be processed (e.g. 90m, 6h); an unfinished "
+            "job stays recorded and the next run picks it up without paying again.",
+        ),
+    ] = DEFAULT_BATCH_TIMEOUT,
     dry_run: Annotated[
         bool,
-        typer.Option(help="Print the plan and cost estimate; download nothing (metadata only)."),
+        typer.Option(
+            help="Print the plan, each group's engine and the cost estimate; download and "
+            "submit nothing (metadata only)."
+        ),
     ] = False,
     max_cost: Annotated[
         float | None,
@@ -237,6 +271,9 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
             timeout_s=timeout,
             lock_timeout_s=lock_timeout,
             dry_run=dry_run,
+            engine=parse_engine(engine) if engine else None,
+            batch_above=parse_size(batch_above),
+            batch_timeout_s=parse_duration(batch_timeout),
         )
         show_tables = not quiet and not log_json
         live = wants_progress(quiet, log_json) and not dry_run

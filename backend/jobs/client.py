@@ -10,13 +10,17 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+from backend.jobs.batchjob import JobFile, JobRequest
 from backend.jobs.errors import (
     DISK_FULL_ERRNOS,
+    CancelledError,
     CredentialsError,
     DiskFullError,
     IngestError,
     InvalidInputError,
+    JobGoneError,
     NoDataError,
     TransientError,
 )
@@ -43,6 +47,11 @@ if TYPE_CHECKING:
 NOTHING_TO_RESOLVE = "symbology_invalid_request"
 WRITE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES}
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+JOB_GONE_STATUSES = frozenset({404, 410})  # a batch job expired or unknown to the service
+ALL_JOB_STATES = "received,queued,processing,done,expired"
+DOWNLOAD_BLOCK = 1 << 16  # a cut answer loses at most the block in flight (urllib3 2)
+# Hosts a batch file may be fetched from with the API key, besides the gateway's own.
+DOWNLOAD_DOMAIN = "databento.com"
 
 
 @dataclass(frozen=True)
@@ -93,8 +102,10 @@ class DatabentoClient:
             raise CredentialsError(f"the API key was refused by the SDK: {exc}") from None
         # The SDK reads BentoHttpAPI.TIMEOUT (connect and read, seconds) on every request; an
         # instance attribute shadows the class's 100 s (pinned by a test).
-        for api in (self._sdk.metadata, self._sdk.symbology, self._sdk.timeseries):
+        for api in (self._sdk.metadata, self._sdk.symbology, self._sdk.timeseries, self._sdk.batch):
             api.TIMEOUT = timeout_s
+        self._key = key
+        self._gateway_host = urlsplit(self._sdk.gateway).hostname
         self.timeout_s = timeout_s
         self._policy = policy or RetryPolicy()
         self._stop = stop or threading.Event()
@@ -162,8 +173,127 @@ class DatabentoClient:
         except (TypeError, ValueError) as exc:
             raise IngestError(f"unexpected answer from Databento for the {what}: {exc}") from None
 
-    def _call(self, method: Any, what: str, *args: Any, **kwargs: Any) -> Any:
-        """One metadata or symbology call, paced and retried like a chunk."""
+    # batch jobs
+
+    def submit_job(self, job: JobRequest, what: str) -> dict[str, Any]:
+        """Billed: sent once and never retried here (a lost answer is looked up first)."""
+        self._pacer.wait("submit", self._stop)
+        try:
+            answer = self._sdk.batch.submit_job(**job.submit_params())
+        except translatable() as exc:
+            raise self._translated(exc, f"submit of a batch job for {what}") from None
+        if not isinstance(answer, dict) or not answer.get("id"):
+            raise IngestError(f"unexpected answer from Databento to the batch submit: {answer!r}")
+        return answer
+
+    def job_details(self, job_id: str) -> dict[str, Any]:
+        answer = self._call(
+            self._sdk.batch.get_job_details, f"batch job {job_id}", job_id, job_id=job_id
+        )
+        if not isinstance(answer, dict) or "state" not in answer:
+            raise IngestError(f"unexpected answer from Databento for batch job {job_id}")
+        return answer
+
+    def jobs_since(self, since: str) -> list[dict[str, Any]]:
+        """Every job submitted since `since`, in any state (short form: id, state, ts)."""
+        answer = self._call(
+            self._sdk.batch.list_jobs, "list of batch jobs", states=ALL_JOB_STATES, since=since
+        )
+        if not isinstance(answer, list):
+            raise IngestError("unexpected answer from Databento for the list of batch jobs")
+        return [job for job in answer if isinstance(job, dict) and job.get("id")]
+
+    def job_files(self, job_id: str) -> list[JobFile]:
+        what = f"files of batch job {job_id}"
+        answer = self._call(self._sdk.batch.list_files, what, job_id, job_id=job_id)
+        try:
+            return [JobFile.parse(item) for item in answer]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IngestError(f"unexpected answer from Databento for the {what}: {exc}") from None
+
+    def download_file(self, file: JobFile, path: Path, job_id: str) -> None:
+        """Fetch one job file into `path`, continuing what an earlier attempt or run left.
+
+        A partial file is resumed with `Range`; an answer that is not the asked range (a
+        server ignoring Range) restarts it from zero rather than appending the wrong bytes.
+        The caller checks the sha256; a cut answer leaves a valid prefix to resume from.
+        """
+        import requests
+
+        self._check_download_url(file)
+        what = f"{file.filename} of batch job {job_id}"
+        have = path.stat().st_size if path.exists() else 0
+        if have > file.size:
+            path.unlink()
+            have = 0
+        if have == file.size:
+            return
+        headers = {"Range": f"bytes={have}-{file.size - 1}"} if have else {}
+        auth = requests.auth.HTTPBasicAuth(self._key.reveal(), "")
+        timeout = (self.timeout_s, self.timeout_s)
+        try:
+            with requests.get(
+                file.url, headers=headers, auth=auth, stream=True, timeout=timeout
+            ) as response:
+                mode = self._download_mode(response, have, file, what, job_id)
+                with path.open(mode) as handle:
+                    for block in response.iter_content(DOWNLOAD_BLOCK):
+                        if self._stop.is_set():
+                            raise CancelledError(f"{what}: cancelled")
+                        handle.write(block)
+        except translatable() as exc:
+            raise self._translated(exc, what) from None
+        got = path.stat().st_size
+        if got != file.size:
+            raise TransientError(f"{what}: {got} of {file.size} bytes arrived")
+
+    def _check_download_url(self, file: JobFile) -> None:
+        """The key goes only to https on the gateway's host or Databento's own domain."""
+        parts = urlsplit(file.url)
+        host = (parts.hostname or "").lower()
+        ours = host == self._gateway_host or host.endswith("." + DOWNLOAD_DOMAIN)
+        if parts.scheme != "https" or not ours:
+            raise IngestError(
+                f"batch file {file.filename} is served from {parts.scheme}://{host}, which is "
+                "neither https on the gateway's host nor Databento's: not sending the API key there"
+            )
+
+    def _download_mode(
+        self, response: Any, have: int, file: JobFile, what: str, job_id: str
+    ) -> str:
+        """How to write the answer to a (ranged) file request: append, start over, or fail."""
+        status = response.status_code
+        if status == 206:
+            expected = f"bytes {have}-{file.size - 1}/{file.size}"
+            if response.headers.get("Content-Range", "").strip() != expected:
+                raise TransientError(f"{what}: the server answered another range than asked")
+            return "ab"
+        if status == 200:
+            return "wb"  # the whole file: start over
+        if status == 416:
+            raise TransientError(f"{what}: the server refused the range; starting over")
+        reason = response.text.strip().splitlines()[0][:200] if response.text else ""
+        if status in JOB_GONE_STATUSES:
+            raise JobGoneError(job_id, f"{what}: HTTP {status} {reason}")
+        if status in (401, 403):
+            raise CredentialsError(
+                f"Databento rejected the API key ({status}) for {what}: check DATABENTO_API_KEY"
+            )
+        if status in RETRYABLE_STATUSES:
+            raise TransientError(
+                f"{what}: HTTP {status} {reason}",
+                _retry_after(response.headers),
+                rate_limited=status == 429,
+            )
+        raise IngestError(f"Databento refused {what}: HTTP {status} {reason}")
+
+    def _call(
+        self, method: Any, what: str, *args: Any, job_id: str | None = None, **kwargs: Any
+    ) -> Any:
+        """One metadata, symbology or batch call, paced and retried like a chunk.
+
+        With `job_id`, a 404 or 410 says the job is gone (expired or unknown): JobGoneError.
+        """
         family = "symbology" if method == self._sdk.symbology.resolve else "metadata"
 
         def once() -> Any:
@@ -171,6 +301,8 @@ class DatabentoClient:
             try:
                 return method(*args, **kwargs)
             except translatable() as exc:
+                if job_id and getattr(exc, "http_status", None) in JOB_GONE_STATUSES:
+                    raise JobGoneError(job_id, f"{what}: {server_reason(exc)}") from None
                 raise self._translated(exc, what) from None
 
         return retrying(once, policy=self._policy, stop=self._stop, label=what)

@@ -48,6 +48,7 @@ class HashingReader:
     """Reads a binary file while hashing and counting the compressed bytes."""
 
     def __init__(self, handle: Readable, *, hashing: bool = True) -> None:
+        self.name = handle.name
         self._handle = handle
         self._hashing = hashing
         self.sha256 = hashlib.sha256()

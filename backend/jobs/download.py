@@ -13,7 +13,7 @@ from backend.jobs.chunks import Part, fetch_chunk, fetch_group_chunk
 from backend.jobs.client import DatabentoClient, RangeRequest
 from backend.jobs.decision import CacheKey
 from backend.jobs.errors import DISK_FULL_ERRNOS, DiskFullError, IngestError
-from backend.jobs.manifest import Manifest, product_entry
+from backend.jobs.manifest import BatchRecord, Manifest, product_entry
 from backend.jobs.merge import MergedWriter
 from backend.jobs.plan import TimeRange
 from backend.jobs.preflight import GroupPlan, ProductPlan
@@ -170,7 +170,12 @@ def disk_full(exc: DiskFullError | OSError, group: GroupPlan) -> BaseException:
 
 
 def finish_product(
-    request: IngestRequest, *, member: ProductPlan, writer: MergedWriter, started: float
+    request: IngestRequest,
+    *,
+    member: ProductPlan,
+    writer: MergedWriter,
+    started: float,
+    batch: BatchRecord | None = None,
 ) -> ProductResult:
     """Publish the merged file, record it in the manifest, then drop the parts."""
     product, folder = member.product, member.folder
@@ -178,9 +183,15 @@ def finish_product(
     merged = writer.finish()
     key = CacheKey(request.dataset, product.schema, member.symbol, member.year)
     recorded = key.recorded(member.span, request.chunking)
-    Manifest.of(folder).record(
-        product.name, product_entry(merged.path, request=recorded, merged=merged, parts=parts)
+    entry = product_entry(
+        merged.path,
+        request=recorded,
+        merged=merged,
+        parts=parts,
+        engine="batch" if batch else "stream",
+        batch=batch,
     )
+    Manifest.of(folder).record(product.name, entry)
     folder.drop_parts(product.name)
     reused = sum(not part.downloaded for part in parts)
     return ProductResult(
@@ -191,5 +202,9 @@ def finish_product(
         merged.bytes,
         merged.records,
         time.monotonic() - started,
-        extra={"chunks": len(parts), "reused_chunks": reused},
+        extra={
+            "chunks": len(parts),
+            "reused_chunks": reused,
+            **({"engine": "batch", "job_id": batch.job_id} if batch else {}),
+        },
     )

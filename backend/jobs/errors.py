@@ -64,6 +64,14 @@ class StopRequestedError(KeyboardInterrupt):
         self.exit_code = exit_code
 
 
+class JobGoneError(IngestError):
+    """A batch job Databento no longer has (expired 30 days after submit, or unknown)."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
 class CorruptFileError(IngestError):
     """A DBN file that is truncated, undecodable or does not match what was asked for."""
 

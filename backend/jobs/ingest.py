@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -114,12 +115,21 @@ def run_ingest(
                 pending=pending,
                 chunking=request.chunking,
                 group_size=request.group_size,
+                engine=request.engine or settings.engine(),
+                batch_above=request.batch_above,
+                dry_run=request.dry_run,
             )
             if not request.dry_run:
                 check_budget(plan, budget)
                 try:
                     for result in fetch(
-                        request, client, plan=plan, progress=progress, policy=policy, stop=stop
+                        request,
+                        client,
+                        plan=plan,
+                        progress=progress,
+                        policy=policy,
+                        stop=stop,
+                        data_dir=settings.data_dir,
                     ):
                         results[(result.symbol, result.year, result.product.name)] = result
                         result.log()
@@ -203,7 +213,8 @@ def adopted_entry(folder: YearFolder, product: Product, key: CacheKey) -> Manife
         logger.warning("{} holds another request's data ({}); re-downloading", final, other)
         return None
     span = TimeRange(summary.metadata.start, summary.metadata.end)
-    return product_entry(final, request=key.recorded(span, "adopted"), merged=summary, parts=[])
+    recorded = key.recorded(span, "adopted")
+    return product_entry(final, request=recorded, merged=summary, parts=[], engine="adopted")
 
 
 def check_destinations(pending: list[tuple[YearFolder, Product]]) -> None:
@@ -225,8 +236,14 @@ def fetch(
     progress: Progress | None,
     policy: RetryPolicy,
     stop: threading.Event,
+    data_dir: Path,
 ) -> Iterator[ProductResult]:
-    """Download what the decision left to fetch (the caller holds the products' locks)."""
+    """Download what the decision left to fetch (the caller holds the products' locks).
+
+    Batch jobs are submitted first, so the service prepares them while the streamed groups
+    download; then their files are fetched.
+    """
+    from backend.jobs.batch import BatchEngine
     from backend.jobs.download import download
     from backend.jobs.progress import NullProgress, OverallProgress
 
@@ -237,11 +254,25 @@ def fetch(
     for member in plan.members:
         parts = member.folder.make_parts(member.product.name)
         remove_stale_temps(parts)
-    yield from download(
+    batch = BatchEngine(
         request,
-        client=client,
-        groups=plan.groups,
-        progress=progress,
+        client,
+        data_dir=data_dir,
         policy=policy,
         stop=stop,
+        progress=progress,
+        timeout_s=request.batch_timeout_s,
     )
+    try:
+        batch.submit([group for group in plan.groups if group.engine == "batch"])
+        yield from download(
+            request,
+            client=client,
+            groups=[group for group in plan.groups if group.engine == "stream"],
+            progress=progress,
+            policy=policy,
+            stop=stop,
+        )
+        yield from batch.collect(time.monotonic())
+    finally:
+        batch.close()

@@ -59,6 +59,51 @@ class ChunkRecord:
 
 
 @dataclass(frozen=True)
+class JobFileRecord:
+    filename: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """The batch job a file was built from: free to download again until it expires."""
+
+    job_id: str
+    cost_usd: float | None  # the whole job's (all its symbols), billed once at submit
+    symbols: tuple[str, ...]
+    split_duration: str
+    files: tuple[JobFileRecord, ...]  # every file of the job as served, support files too
+
+    @classmethod
+    def parse(cls, raw: object) -> BatchRecord:
+        item = _mapping(raw, "batch")
+        files = item.get("files")
+        symbols = item.get("symbols")
+        cost = item.get("cost_usd")
+        if not isinstance(files, list):
+            raise DamagedEntryError("batch.files is not a list")
+        if not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols):
+            raise DamagedEntryError("batch.symbols is not a list of strings")
+        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float)):
+            raise DamagedEntryError("batch.cost_usd is not a number")
+        return cls(
+            job_id=_text(item, "job_id", "batch."),
+            cost_usd=None if cost is None else float(cost),
+            symbols=tuple(symbols),
+            split_duration=_text(item, "split_duration", "batch."),
+            files=tuple(
+                JobFileRecord(
+                    filename=_text(entry, "filename", "batch.files."),
+                    bytes=_count(entry, "bytes", "batch.files."),
+                    sha256=_sha256(entry, "sha256", "batch.files."),
+                )
+                for entry in (_mapping(raw_file, "a batch file") for raw_file in files)
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class ManifestEntry:
     file: str
     bytes: int
@@ -70,6 +115,8 @@ class ManifestEntry:
     chunks: tuple[ChunkRecord, ...] = ()
     versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
+    engine: str = "stream"  # stream (get_range requests), batch (one job), adopted
+    batch: BatchRecord | None = None
 
     @classmethod
     def parse(cls, raw: object) -> ManifestEntry:
@@ -105,6 +152,8 @@ class ManifestEntry:
             chunks=tuple(_chunk(chunk) for chunk in chunks),
             versions={str(key): str(value) for key, value in versions.items()},
             created_at=str(item.get("created_at", "")),
+            engine=str(item.get("engine", "stream")),
+            batch=BatchRecord.parse(item["batch"]) if item.get("batch") is not None else None,
         )
         if entry.request.span.start_ns >= entry.request.span.end_ns:
             raise DamagedEntryError("request.start is not before request.end")
@@ -114,6 +163,11 @@ class ManifestEntry:
         content = asdict(self)
         content["request"]["symbols"] = list(self.request.symbols)
         content["chunks"] = [asdict(chunk) for chunk in self.chunks]
+        if self.batch is None:
+            del content["batch"]
+        else:
+            content["batch"]["symbols"] = list(self.batch.symbols)
+            content["batch"]["files"] = [asdict(item) for item in self.batch.files]
         return content
 
 
@@ -265,6 +319,8 @@ def product_entry(
     request: RecordedRequest,
     merged: Any,
     parts: list[Part],
+    engine: str = "stream",
+    batch: BatchRecord | None = None,
 ) -> ManifestEntry:
     """One product's manifest entry: the file, its content and the exact request behind it."""
 
@@ -291,6 +347,8 @@ def product_entry(
         ),
         versions=versions(),
         created_at=now_iso(),
+        engine=engine,
+        batch=batch,
     )
 
 

@@ -4,7 +4,7 @@ fetch are grouped into multi-symbol requests, and what the whole run will cost."
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -12,6 +12,7 @@ from loguru import logger
 
 from backend.jobs.client import RangeRequest
 from backend.jobs.dbnfile import HeaderFields, coalesce
+from backend.jobs.engines import Engine, choose_engine, split_duration
 from backend.jobs.errors import BudgetExceededError, InvalidInputError
 from backend.jobs.logs import key_value_line
 from backend.jobs.plan import (
@@ -23,11 +24,13 @@ from backend.jobs.plan import (
     date_ns,
     ns_to_datetime,
     split_listed,
+    split_range,
     symbology_end_date,
 )
 from backend.jobs.threads import run_concurrently
 
 if TYPE_CHECKING:
+    from backend.jobs.batchjob import JobRecord
     from backend.jobs.cache import YearFolder
 
 MAX_SYMBOLS_PER_REQUEST = 2_000  # Databento's limit for one get_range or symbology.resolve
@@ -73,9 +76,12 @@ class GroupPlan:
     product: Product
     span: TimeRange
     members: list[ProductPlan]
-    chunks: list[TimeRange]
+    chunks: list[TimeRange]  # stream: the requests; batch: the job's files (as expected)
     estimated_bytes: int
-    estimated_usd: float
+    estimated_usd: float  # what this run pays for it (0 for a job already paid)
+    engine: str = "stream"  # or "batch"
+    why: str = ""  # why this engine, for the dry run and the logs
+    job: JobRecord | None = None  # batch: a job submitted earlier, resumed instead of paid again
 
     @property
     def symbols(self) -> tuple[str, ...]:
@@ -160,8 +166,15 @@ def plan_universe(
     pending: list[tuple[YearFolder, Product]],
     chunking: Chunking,
     group_size: int,
+    engine: Engine = "stream",
+    batch_above: int = 0,
+    dry_run: bool = False,
 ) -> UniversePlan:
-    """Clamp, resolve (many symbols per call), group and estimate what must be fetched."""
+    """Clamp, resolve (many symbols per call), group, estimate and pick each group's engine.
+
+    Products a batch job recorded earlier (paid, not expired) are fetched from that job,
+    whatever `engine` says: paying again for data already paid for is never the better deal.
+    """
     available = client.dataset_range(dataset)
     failures: dict[tuple[str, int], Failure] = {}
     spans: dict[tuple[int, Product], TimeRange] = {}
@@ -209,8 +222,24 @@ def plan_universe(
             )
         )
     members = [m for m in members if (m.symbol, m.year) not in failures]
+    from backend.jobs.batch import resume_recorded_jobs
+
+    resumed, members = resume_recorded_jobs(client, dataset, members, chunking, dry_run=dry_run)
     groups = estimate_groups(client, dataset, group_members(members, group_size), chunking)
-    return UniversePlan(groups, list(failures.values()))
+    groups = [with_engine(group, engine, batch_above, chunking) for group in groups]
+    numbered = [replace(group, number=n) for n, group in enumerate(resumed + groups, start=1)]
+    return UniversePlan(numbered, list(failures.values()))
+
+
+def with_engine(
+    group: GroupPlan, engine: Engine, batch_above: int, chunking: Chunking
+) -> GroupPlan:
+    """The group as its engine fetches it: a batch job's files follow its split duration."""
+    chosen, why = choose_engine(engine, group.estimated_bytes, batch_above)
+    if chosen == "stream":
+        return replace(group, why=why)
+    files = split_range(group.span, split_duration(chunking))
+    return replace(group, engine="batch", why=why, chunks=files)
 
 
 def resolve_all(

@@ -18,6 +18,7 @@ class Progress(Protocol):
     def start(self, product: str, parts_dir: Path, chunks: int) -> None: ...
     def advance(self, product: str, part_bytes: int) -> None: ...
     def finish(self, product: str) -> None: ...
+    def waiting(self, label: str, state: str, percent: int | None) -> None: ...
     def close(self) -> None: ...
 
 
@@ -31,6 +32,9 @@ class NullProgress:
         pass
 
     def finish(self, product: str) -> None:
+        pass
+
+    def waiting(self, label: str, state: str, percent: int | None) -> None:
         pass
 
     def close(self) -> None:
@@ -58,6 +62,7 @@ class RichProgress:
         self._display: Any = None  # rich is imported only once there is something to show
         self._tasks: dict[str, tuple[int, Path, float]] = {}
         self._done_bytes: dict[str, int] = {}
+        self._waiting: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="progress", daemon=True)
@@ -103,6 +108,15 @@ class RichProgress:
 
     def finish(self, product: str) -> None:
         self._refresh(product)
+
+    def waiting(self, label: str, state: str, percent: int | None) -> None:
+        """A batch job being prepared by the service: its state and progress out of 100."""
+        if self._display is None:
+            self._show()
+        with self._lock:
+            if label not in self._waiting:
+                self._waiting[label] = self._display.add_task(label, total=100, size=state, rate="")
+            self._display.update(self._waiting[label], completed=percent or 0, size=state)
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -152,6 +166,9 @@ class OverallProgress:
 
     def finish(self, product: str) -> None:
         pass
+
+    def waiting(self, label: str, state: str, percent: int | None) -> None:
+        self._inner.waiting(label, state, percent)
 
     def close(self) -> None:
         self._inner.close()

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from backend.jobs.ingest import IngestReport
     from backend.jobs.inventory import CachedProduct
     from backend.jobs.plan import TimeRange
+    from backend.jobs.preflight import GroupPlan
     from backend.jobs.request import IngestRequest
 
 from backend.jobs.preflight import usd
@@ -55,14 +56,15 @@ def print_plan(report: IngestReport, request: IngestRequest) -> None:
         return
     table = _table(
         f"Dry run: {request.symbols[0]} {request.years[0]} (nothing downloaded)",
-        ["product", "status", "range", "chunks", "est. billable", "est. USD"],
+        ["product", "status", "engine", "range", "chunks", "est. billable", "est. USD"],
     )
     for result in report.results:
-        table.add_row(result.product.name, "cached", "-", "-", "-", usd(0))
+        table.add_row(result.product.name, "cached", "-", "-", "-", "-", usd(0))
     for group in report.plan.groups:
         table.add_row(
             group.product.name,
             "to download",
+            group.engine,
             _range(group.span),
             str(len(group.chunks)),
             _mb(group.estimated_bytes),
@@ -70,14 +72,19 @@ def print_plan(report: IngestReport, request: IngestRequest) -> None:
         )
     table.add_section()
     table.add_row(
-        "total", "", "", "", _mb(report.plan.estimated_bytes), usd(report.plan.estimated_usd)
+        "total", "", "", "", "", _mb(report.plan.estimated_bytes), usd(report.plan.estimated_usd)
     )
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    for group in report.plan.groups:
+        console.print(f"{group.product.name}: {_engine(group)}", soft_wrap=True)
 
 
 def print_universe_plan(report: IngestReport, request: IngestRequest) -> None:
     """Dry run of a universe: one row per symbol-year-product, then the requests and the cost."""
-    rows = [[r.symbol, str(r.year), r.product.name, "cached", "-", "-"] for r in report.results]
+    rows = [
+        [r.symbol, str(r.year), r.product.name, "cached", "-", "-", "-"] for r in report.results
+    ]
     for group in report.plan.groups:
         rows += [
             [
@@ -87,19 +94,22 @@ def print_universe_plan(report: IngestReport, request: IngestRequest) -> None:
                 "to download",
                 _range(m.span),
                 str(group.number),
+                group.engine,
             ]
             for m in group.members
         ]
-    rows += [[f.symbol, str(f.year), "-", "unknown / no data", "-", "-"] for f in report.failures]
+    rows += [
+        [f.symbol, str(f.year), "-", "unknown / no data", "-", "-", "-"] for f in report.failures
+    ]
     table = _table(
         f"Dry run: {len(request.symbols)} symbols x {len(request.years)} years "
         "(nothing downloaded)",
-        ["symbol", "year", "product", "status", "range", "group"],
+        ["symbol", "year", "product", "status", "range", "group", "engine"],
     )
     shown = rows if len(rows) <= SCREENFUL else [*rows[: SCREENFUL - 5], None, *rows[-5:]]
     for row in shown:
         if row is None:
-            table.add_row("...", "", "", f"{len(rows) - SCREENFUL + 5} more rows", "", "")
+            table.add_row("...", "", "", f"{len(rows) - SCREENFUL + 5} more rows", "", "", "")
         else:
             table.add_row(*row)
     console = _console()
@@ -112,6 +122,16 @@ def print_universe_plan(report: IngestReport, request: IngestRequest) -> None:
         f"cached: {len(report.results)}; unknown or without data: {len(report.failures)}",
         soft_wrap=True,
     )
+    for group in report.plan.groups:
+        if group.engine == "batch":
+            console.print(
+                f"group {group.number} ({group.product.name}): {_engine(group)}", soft_wrap=True
+            )
+
+
+def _engine(group: GroupPlan) -> str:
+    """`stream` or `batch`, and why: the estimate against --batch-above, or a paid job."""
+    return f"{group.engine}, {group.why}" if group.why else group.engine
 
 
 def print_summary(report: IngestReport, request: IngestRequest) -> None:

@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend.jobs.engines import (
+    DEFAULT_BATCH_ABOVE,
+    DEFAULT_BATCH_TIMEOUT,
+    Engine,
+    parse_duration,
+    parse_size,
+)
 from backend.jobs.logs import completion_line
 from backend.jobs.plan import Chunking, Product
 from backend.jobs.retry import DEFAULT_TIMEOUT_S
@@ -29,6 +36,9 @@ class IngestRequest:
     lock_timeout_s: float = 600.0
     dry_run: bool = False
     group_size: int = DEFAULT_GROUP_SIZE
+    engine: Engine | None = None  # None: DATABENTO_ENGINE, else auto
+    batch_above: int = parse_size(DEFAULT_BATCH_ABOVE)
+    batch_timeout_s: float = parse_duration(DEFAULT_BATCH_TIMEOUT)
 
     @property
     def is_universe(self) -> bool:

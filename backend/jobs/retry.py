@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import random
 import threading
 import time
@@ -24,6 +25,8 @@ DEFAULT_TIMEOUT_S = 30.0
 
 # Databento's documented request rates per second (historical API), kept below.
 REQUEST_RATES = {"timeseries": 100.0, "symbology": 100.0, "metadata": 20.0}
+# batch.submit_job: 20 a minute, in any rhythm (a universe submits its groups at once).
+SUBMITS_PER_WINDOW, SUBMIT_WINDOW_S = 20, 60.0
 RATE_LIMITED_HOLD_S = 1.0  # how long a 429 without Retry-After holds every request back
 
 
@@ -37,14 +40,20 @@ class Pacer:
     def __init__(self, rates: dict[str, float] | None = None) -> None:
         self._interval = {family: 1 / rate for family, rate in (rates or REQUEST_RATES).items()}
         self._next = dict.fromkeys(self._interval, 0.0)
+        self._submits: collections.deque[float] = collections.deque(maxlen=SUBMITS_PER_WINDOW)
         self._resume = 0.0
         self._lock = threading.Lock()
 
     def wait(self, family: str, stop: threading.Event) -> None:
         with self._lock:
             now = time.monotonic()
-            start = max(now, self._next[family], self._resume)
-            self._next[family] = start + self._interval[family]
+            if family == "submit":
+                full = len(self._submits) == SUBMITS_PER_WINDOW
+                start = max(now, self._resume, self._submits[0] + SUBMIT_WINDOW_S if full else 0)
+                self._submits.append(start)
+            else:
+                start = max(now, self._next[family], self._resume)
+                self._next[family] = start + self._interval[family]
         if start > now and stop.wait(start - now):
             raise CancelledError(f"{family} request: cancelled")
 

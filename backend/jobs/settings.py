@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from backend.jobs.engines import Engine, parse_engine
 from backend.jobs.errors import InvalidInputError
 
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -47,6 +48,7 @@ class Settings:
     gateway_text: str | None = None
     max_cost_flag: float | None = None
     max_cost_env: str = ""
+    engine_env: str = ""
 
     @classmethod
     def from_env(
@@ -68,6 +70,7 @@ class Settings:
             gateway_text=gateway_text or None,
             max_cost_flag=max_cost,
             max_cost_env=env.get("DATABENTO_MAX_COST", "").strip(),
+            engine_env=env.get("DATABENTO_ENGINE", "").strip(),
         )
 
     def require_key(self) -> Secret:
@@ -83,6 +86,12 @@ class Settings:
     def gateway_url(self) -> str | None:
         """The gateway as the SDK wants it; refused (exit 2) before any connection if malformed."""
         return normalize_gateway(self.gateway_text, self.api_key.reveal() if self.api_key else "")
+
+    def engine(self) -> Engine:
+        """DATABENTO_ENGINE (--engine wins over it), else auto; refused (exit 2) if unknown."""
+        if not self.engine_env:
+            return "auto"
+        return parse_engine(self.engine_env, "DATABENTO_ENGINE")
 
     def budget(self) -> float | None:
         """--max-cost, else DATABENTO_MAX_COST; refused (exit 2) unless a finite USD >= 0."""

@@ -152,14 +152,23 @@ def split_by_symbol(
     record_size: int,
     outputs: Mapping[str, Path],
     workdir: Path,
+    *,
+    span_from_file: bool = False,
 ) -> dict[str, StreamSummary]:
     """Check a multi-symbol stream and write each symbol's own part to `outputs[symbol]`.
 
-    `workdir` (a temporary folder, emptied by the caller) holds each symbol's raw records
-    until the stream has been read. Fails (CorruptFileError) on anything a single part would
-    fail on, and on a record that no mapping interval of the requested symbols accounts for.
+    `outputs` may name only some of the request's symbols: the others' records are checked
+    and dropped. With `span_from_file` (a batch job's file), the range the stream answers is
+    its own header's, and each part's request is that range. `workdir` (a temporary folder,
+    emptied by the caller) holds each symbol's raw records until the stream has been read.
+    Fails (CorruptFileError) on anything a single part would fail on, and on a record that no
+    mapping interval of the requested symbols accounts for.
     """
+    from dataclasses import replace
+
     from databento_dbn import Metadata
+
+    from backend.jobs.plan import TimeRange
 
     with contextlib.ExitStack() as stack:
         if isinstance(source, Path):
@@ -168,6 +177,8 @@ def split_by_symbol(
             name, handle = source.name, source
         reader = DbnReader(decompressed_chunks(handle, name), name)
         metadata, _ = reader.metadata()
+        if span_from_file:
+            request = replace(request, span=TimeRange(metadata.start, metadata.end or 0))
         wrong = request_mismatch(metadata, request)
         if wrong:
             raise CorruptFileError(f"{name} does not match its request: {wrong}")
@@ -180,6 +191,7 @@ def split_by_symbol(
                 stack,
             )
             for index, symbol in enumerate(request.symbols)
+            if symbol in outputs
         }
         check = RecordCheck(name, record_size, request.span.start_ns, request.span.end_ns)
         for block in reader.record_blocks(record_size):
@@ -197,7 +209,9 @@ def split_by_symbol(
             order = np.argsort(owners, kind="stable")
             present, starts = np.unique(owners[order], return_index=True)
             for index, first, last in zip(present, starts, [*starts[1:], len(order)], strict=True):
-                parts[request.symbols[index]].write(rows[order[first:last]])
+                part = parts.get(request.symbols[index])
+                if part is not None:
+                    part.write(rows[order[first:last]])
         for part in parts.values():
             part.finish()
     summaries = {}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
+from typing import Any
 
 ALL_SYMBOLS = "ALL_SYMBOLS"
 
@@ -34,6 +35,10 @@ ALL_SCHEMAS = (
 )
 DATA_SCHEMAS = ("trades", "tbbo")
 RECORD_SIZE = {"trades": 48, "tbbo": 80}
+
+# The response encodings and compressions the API accepts (the sandbox encodes dbn only).
+ENCODINGS = ("dbn", "csv", "json")
+COMPRESSIONS = ("none", "zstd")
 
 ALL_STYPES = (
     "instrument_id",
@@ -119,6 +124,19 @@ class Resolution:
     not_found: list[str] = field(default_factory=list)
 
 
+def day_conditions(first: date, end: date, degraded_days: Collection[date]) -> list[dict[str, str]]:
+    """metadata.get_dataset_condition's entries for the days [first, end)."""
+    conditions = []
+    day = first
+    while day < end:
+        condition = "degraded" if day in degraded_days else "available"
+        conditions.append(
+            {"date": day.isoformat(), "condition": condition, "last_modified_date": day.isoformat()}
+        )
+        day += timedelta(days=1)
+    return conditions
+
+
 # Open-ended listing bounds: intervals are always clipped to the request's dates.
 _LISTED_FOREVER_FROM = date(1990, 1, 1)
 _LISTED_FOREVER_UNTIL = date(2100, 1, 1)
@@ -184,6 +202,43 @@ class SymbolCatalog:
             if not _covers(intervals, d0, d1):
                 resolution.partial.append(symbol)
         return resolution
+
+
+def resolve_answer(
+    resolution: Resolution,
+    *,
+    symbols: Sequence[str],
+    stype_in: str,
+    stype_out: str,
+    start_date: date,
+    end_date: date,
+) -> dict[str, Any]:
+    """The symbology.resolve JSON of a resolution (a batch job's symbology.json too)."""
+    if not resolution.mappings:
+        status, message = 2, "Not found"
+    elif resolution.partial or resolution.not_found:
+        status, message = 1, "Partially resolved"
+    else:
+        status, message = 0, "OK"
+    result = {
+        symbol: [
+            {"d0": i.d0.isoformat(), "d1": i.d1.isoformat(), "s": str(i.instrument_id)}
+            for i in intervals
+        ]
+        for symbol, intervals in resolution.mappings.items()
+    }
+    return {
+        "result": result,
+        "symbols": list(symbols),
+        "stype_in": stype_in,
+        "stype_out": stype_out,
+        "start_date": start_date.isoformat(),
+        "end_date": end_date.isoformat(),
+        "partial": resolution.partial,
+        "not_found": resolution.not_found,
+        "message": message,
+        "status": status,
+    }
 
 
 def _coalesce(intervals: list[SymbolInterval]) -> list[SymbolInterval]:

@@ -1,31 +1,28 @@
-"""The API's endpoints: parameter validation, symbology, counts and the get_range body."""
+"""The API's endpoints: parameter validation, symbology, counts, the get_range body, batch."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from backend.sandbox import errors
+from backend.sandbox import batchapi, errors
+from backend.sandbox.bodies import RangeQuery, matching_fixture, range_body
 from backend.sandbox.catalog import (
     ALL_SCHEMAS,
     ALL_STYPES,
     ALL_SYMBOLS,
+    COMPRESSIONS,
     DATA_SCHEMAS,
     DATASETS,
-    RECORD_SIZE,
-    Resolution,
+    ENCODINGS,
+    day_conditions,
+    resolve_answer,
 )
-from backend.sandbox.dbnstream import encode_body, encode_cached_days, encode_metadata
-from backend.sandbox.fixtures import Fixture, fixture_key
-from backend.sandbox.records import (
-    count_records,
-    iter_range_days,
-    iter_range_records,
-    iter_session_days,
-)
+from backend.sandbox.records import count_records, iter_session_days
+from backend.sandbox.responses import JsonResponse, Response, StreamResponse
 from backend.sandbox.timestamps import (
     NS_PER_DAY,
     ceil_date,
@@ -39,25 +36,9 @@ from backend.sandbox.timestamps import (
 if TYPE_CHECKING:
     from backend.sandbox.gateway import SandboxGateway
 
-ENCODINGS = ("dbn", "csv", "json")
-COMPRESSIONS = ("none", "zstd")
 
-
-@dataclass
-class JsonResponse:
-    body: Any
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class StreamResponse:
-    chunks: Iterator[bytes]
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-Response = JsonResponse | StreamResponse
+_TRUE_WORDS = ("true", "1", "yes", "on", "t", "y")
+_FALSE_WORDS = ("false", "0", "no", "off", "f", "n")
 
 
 @dataclass(frozen=True)
@@ -65,6 +46,8 @@ class ApiCall:
     method: str
     params: dict[str, str]
     key: str | None
+    # The request's Range header ("" without one): batch file downloads resume with it.
+    range_header: str = ""
 
     @property
     def location(self) -> str:
@@ -123,27 +106,27 @@ class ApiCall:
             )
         return number
 
+    def boolean(self, name: str, default: bool) -> bool:
+        """A form/query boolean the way FastAPI reads it (the SDK sends `True`/`False`)."""
+        value = self.optional(name)
+        if value is None:
+            return default
+        if value.lower() in _TRUE_WORDS:
+            return True
+        if value.lower() in _FALSE_WORDS:
+            return False
+        raise errors.validation_error(
+            self.location,
+            name,
+            "Input should be a valid boolean, unable to interpret input",
+            "bool_parsing",
+            value,
+        )
+
     def symbols(self) -> list[str]:
         text = self.optional("symbols") or ALL_SYMBOLS
         symbols = [symbol.strip() for symbol in text.split(",") if symbol.strip()]
         return symbols or [ALL_SYMBOLS]
-
-
-@dataclass(frozen=True)
-class RangeQuery:
-    """A validated timeseries/metadata query for one dataset, schema and symbol list."""
-
-    dataset: str
-    schema: str
-    symbols: list[str]
-    start_ns: int
-    end_ns: int
-    limit: int | None
-    resolution: Resolution
-
-    @property
-    def record_size(self) -> int:
-        return RECORD_SIZE[self.schema]
 
 
 def _range_payload(gw: SandboxGateway, dataset: str, start_ns: int, end_ns: int) -> dict:
@@ -277,13 +260,8 @@ def parse_range_query(gw: SandboxGateway, call: ApiCall) -> RangeQuery:
     return RangeQuery(dataset, schema, symbols, start_ns, end_ns, limit, resolution)
 
 
-def _matching_fixture(gw: SandboxGateway, query: RangeQuery) -> Fixture | None:
-    key = fixture_key(query.dataset, query.schema, query.symbols, query.start_ns, query.end_ns)
-    return gw.fixtures.get(key)
-
-
 def _record_count(gw: SandboxGateway, query: RangeQuery) -> int:
-    fixture = _matching_fixture(gw, query)
+    fixture = matching_fixture(gw.fixtures, query)
     if fixture is not None:
         total = fixture.record_count
     else:
@@ -319,50 +297,10 @@ def get_range(gw: SandboxGateway, call: ApiCall) -> Response:
     encoding = call.choice("encoding", ENCODINGS, default="csv")
     compression = call.choice("compression", COMPRESSIONS, default="none")
     if encoding != "dbn":
-        raise errors.business_error(
-            400,
-            "sandbox_encoding_unsupported",
-            f"The sandbox gateway only streams `dbn` encoding; got `{encoding}`.",
-            payload={"encoding": encoding},
-        )
+        raise errors.encoding_unsupported(encoding)
     headers = {"Content-Type": "application/octet-stream"}
     headers.update(_degraded_warning(gw, query.start_ns, query.end_ns))
-    fixture = _matching_fixture(gw, query)
-    if fixture is not None:
-        body = fixture.body if compression == "zstd" else fixture.decompressed()
-        return StreamResponse(iter([body]), headers=headers)
-
-    resolution = query.resolution
-    metadata = encode_metadata(
-        dataset=query.dataset,
-        schema=query.schema,
-        start_ns=query.start_ns,
-        end_ns=query.end_ns,
-        limit=query.limit,
-        symbols=query.symbols,
-        partial=resolution.partial,
-        not_found=resolution.not_found,
-        mappings=resolution.mappings,
-    )
-    selection = (query.dataset, query.schema, resolution.mappings)
-    window = {
-        "start_ns": query.start_ns,
-        "end_ns": query.end_ns,
-        "records_per_day": gw.records_per_day,
-    }
-    cacheable = gw.frames == "per_day" and query.limit is None and compression == "zstd"
-    if gw.frame_cache is not None and cacheable:
-        days = iter_range_days(*selection, **window)
-        body = encode_cached_days(metadata, days, gw.frame_cache, gw.compression_level)
-        return StreamResponse(body, headers=headers)
-    records = iter_range_records(*selection, **window, limit=query.limit)
-    body = encode_body(
-        metadata,
-        records,
-        compression="zstd" if compression == "zstd" else "none",
-        frames=gw.frames,
-        level=gw.compression_level,
-    )
+    body = range_body(gw.body_settings(), query, "zstd" if compression == "zstd" else "none")
     return StreamResponse(body, headers=headers)
 
 
@@ -375,10 +313,13 @@ def get_billable_size(gw: SandboxGateway, call: ApiCall) -> Response:
     return JsonResponse(_record_count(gw, query) * query.record_size)
 
 
+def _cost_usd(gw: SandboxGateway, record_count: int, query: RangeQuery) -> float:
+    return record_count * query.record_size / 1e9 * gw.price_per_gb
+
+
 def get_cost(gw: SandboxGateway, call: ApiCall) -> Response:
     query = parse_range_query(gw, call)
-    billable = _record_count(gw, query) * query.record_size
-    cost = billable / 1e9 * gw.price_per_gb
+    cost = _cost_usd(gw, _record_count(gw, query), query)
     return JsonResponse(cost, headers=_degraded_warning(gw, query.start_ns, query.end_ns))
 
 
@@ -414,15 +355,9 @@ def get_dataset_condition(gw: SandboxGateway, call: ApiCall) -> Response:
     first = call.date("start_date") or ns_to_date(available_start)
     # end_date is inclusive here, defaulting to the last available day.
     last = call.date("end_date") or ns_to_date(available_end - NS_PER_DAY)
-    conditions = []
-    day = max(first, ns_to_date(available_start))
-    while day <= last and date_to_ns(day) < available_end:
-        condition = "degraded" if day in gw.degraded_days else "available"
-        conditions.append(
-            {"date": day.isoformat(), "condition": condition, "last_modified_date": day.isoformat()}
-        )
-        day += timedelta(days=1)
-    return JsonResponse(conditions)
+    first = max(first, ns_to_date(available_start))
+    end = min(last + timedelta(days=1), ceil_date(available_end))
+    return JsonResponse(day_conditions(first, end, gw.degraded_days))
 
 
 def symbology_resolve(gw: SandboxGateway, call: ApiCall) -> Response:
@@ -453,33 +388,23 @@ def symbology_resolve(gw: SandboxGateway, call: ApiCall) -> Response:
         fields=("start_date", "end_date"),
     )
     resolution = gw.catalog.resolve(dataset, symbols, start_date, end_date)
-    if not resolution.mappings:
-        status, message = 2, "Not found"
-    elif resolution.partial or resolution.not_found:
-        status, message = 1, "Partially resolved"
-    else:
-        status, message = 0, "OK"
-    result = {
-        symbol: [
-            {"d0": i.d0.isoformat(), "d1": i.d1.isoformat(), "s": str(i.instrument_id)}
-            for i in intervals
-        ]
-        for symbol, intervals in resolution.mappings.items()
-    }
     return JsonResponse(
-        {
-            "result": result,
-            "symbols": symbols,
-            "stype_in": stype_in,
-            "stype_out": stype_out,
-            "start_date": start_date.isoformat(),
-            "end_date": end_date.isoformat(),
-            "partial": resolution.partial,
-            "not_found": resolution.not_found,
-            "message": message,
-            "status": status,
-        }
+        resolve_answer(
+            resolution,
+            symbols=symbols,
+            stype_in=stype_in,
+            stype_out=stype_out,
+            start_date=start_date,
+            end_date=end_date,
+        )
     )
+
+
+def batch_submit_job(gw: SandboxGateway, call: ApiCall) -> Response:
+    """Validated like get_range, billed like get_cost, then handed to the batch jobs."""
+    query = parse_range_query(gw, call)
+    record_count = _record_count(gw, query)
+    return batchapi.submit_job(gw, call, query, record_count, _cost_usd(gw, record_count, query))
 
 
 Handler = Callable[["SandboxGateway", ApiCall], Response]
@@ -494,6 +419,12 @@ ROUTES: dict[str, tuple[tuple[str, ...], Handler]] = {
     "metadata.list_datasets": (("GET",), list_datasets),
     "metadata.list_schemas": (("GET",), list_schemas),
     "symbology.resolve": (("GET", "POST"), symbology_resolve),
+    "batch.submit_job": (("POST",), batch_submit_job),
+    "batch.get_job_details": (("GET",), batchapi.get_job_details),
+    "batch.list_jobs": (("GET",), batchapi.list_jobs),
+    "batch.list_files": (("GET",), batchapi.list_files),
+    "batch.download": (("GET",), batchapi.download_job),
+    batchapi.FILE_ENDPOINT: (("GET",), batchapi.download_file),
 }
 
 

@@ -42,6 +42,15 @@ def business_error(
     return ApiError(status, {"detail": detail}, headers)
 
 
+def encoding_unsupported(encoding: str) -> ApiError:
+    return business_error(
+        400,
+        "sandbox_encoding_unsupported",
+        f"The sandbox gateway only streams `dbn` encoding; got `{encoding}`.",
+        payload={"encoding": encoding},
+    )
+
+
 def validation_error(location: str, field: str, message: str, kind: str, value: Any) -> ApiError:
     """FastAPI's 422 request-validation body; `location` is "query" (GET) or "body" (POST form)."""
     item: dict[str, Any] = {"type": kind, "loc": [location, field], "msg": message, "input": value}

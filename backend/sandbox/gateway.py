@@ -6,6 +6,7 @@ import shutil
 import ssl
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,9 @@ from typing import Any, Literal
 
 import trustme
 
+from backend.sandbox.batch import BatchBook
+from backend.sandbox.batchfiles import JobSource
+from backend.sandbox.bodies import BodySettings
 from backend.sandbox.catalog import DATASETS, SymbolCatalog, default_catalog
 from backend.sandbox.dbnstream import FrameCache, encode_cached_days
 from backend.sandbox.faults import Fault, FaultBook
@@ -26,6 +30,7 @@ from backend.sandbox.server import SandboxHttpServer
 from backend.sandbox.timestamps import to_ns, today_midnight_ns
 
 _STOP_JOIN_TIMEOUT_S = 5.0
+_THIRTY_DAYS_S = 30 * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class SandboxGateway:
         frame_cache_mb: int = 0,
         no_session_answer: Literal["empty", "422"] = "empty",
         latency_s: float = 0.0,
+        batch_processing_s: float = 0.0,
+        batch_expiry_s: float = _THIRTY_DAYS_S,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -77,6 +84,8 @@ class SandboxGateway:
             "compression_level": compression_level,
             "no_session_answer": no_session_answer,
             "latency_s": latency_s,
+            "batch_processing_s": batch_processing_s,
+            "batch_expiry_s": batch_expiry_s,
         }
         self.records_per_day: int = records_per_day
         self.available_end: datetime | date | str | None = available_end
@@ -93,6 +102,12 @@ class SandboxGateway:
         # The real service's query latency: every timeseries.get_range answer (errors included)
         # starts this many seconds after the request; reset()/stop() end the wait like delay_s.
         self.latency_s: float = latency_s
+        # A batch job submitted now is queued after 10% of this, processing after 20%, done
+        # at 100% (0: done by the first look after submit_job), then expires batch_expiry_s
+        # later. Both are read at submission.
+        self.batch_processing_s: float = batch_processing_s
+        self.batch_expiry_s: float = batch_expiry_s
+        self.batch_book = BatchBook()
         # per_day only: serve repeated days from memory, see dbnstream.FrameCache
         self.frame_cache = FrameCache(frame_cache_mb * 2**20) if frame_cache_mb else None
         self.catalog: SymbolCatalog = default_catalog()
@@ -150,6 +165,7 @@ class SandboxGateway:
         if thread is not None:
             thread.join(_STOP_JOIN_TIMEOUT_S)
         self._server = self._thread = None
+        self.batch_book.clear()
         if self._state_dir is not None:
             shutil.rmtree(self._state_dir, ignore_errors=True)
         self._state_dir = self._ca_path = None
@@ -192,8 +208,8 @@ class SandboxGateway:
     # test controls
 
     def reset(self) -> None:
-        """Forget requests, in-flight maxima, faults, added symbols/fixtures, degraded days;
-        restore settings.
+        """Forget requests, in-flight maxima, faults, added symbols/fixtures, degraded days,
+        batch jobs (and their files); restore settings.
 
         Requests stalled by a fault (`delay_s`, `stall_s`) or waiting out `latency_s` are
         dropped now, not left sleeping.
@@ -208,6 +224,7 @@ class SandboxGateway:
         self.fixtures.clear()
         self.degraded_days = set()
         self._dataset_ranges.clear()
+        self.batch_book.clear()
         self._restore_settings()
 
     def _restore_settings(self) -> None:
@@ -263,6 +280,25 @@ class SandboxGateway:
         self._check_dataset(dataset)
         self._dataset_ranges[dataset] = (to_ns(start), to_ns(end))
 
+    def batch_jobs(self) -> list[dict[str, Any]]:
+        """Every batch job object as get_job_details would answer it now, oldest first."""
+        now_ns = time.time_ns()
+        return [job.details(now_ns) for job in self.batch_book.jobs()]
+
+    def expire_job(self, job_id: str) -> None:
+        """Expire a batch job now: its state becomes "expired" and its files answer 404."""
+        job = self.batch_book.get(job_id)
+        if job is None:
+            raise KeyError(f"no batch job {job_id!r}")
+        job.expire(time.time_ns())
+
+    def forget_job(self, job_id: str) -> None:
+        """Remove a batch job and its files: every batch endpoint answers 404 for it."""
+        job = self.batch_book.remove(job_id)
+        if job is None:
+            raise KeyError(f"no batch job {job_id!r}")
+        job.discard_files()
+
     def count(self, endpoint: str) -> int:
         with self._requests_lock:
             return sum(1 for request in self.requests if request.endpoint == endpoint)
@@ -297,6 +333,30 @@ class SandboxGateway:
         finally:
             with self._in_flight_lock:
                 self._in_flight[endpoint] -= 1
+
+    def body_settings(self) -> BodySettings:
+        """The settings get_range bodies are built with, as of now."""
+        return BodySettings(
+            records_per_day=self.records_per_day,
+            frames=self.frames,
+            compression_level=self.compression_level,
+            frame_cache=self.frame_cache,
+            fixtures=dict(self.fixtures),
+        )
+
+    def job_source(self) -> JobSource:
+        """A copy of what a batch job's files are made from, taken at its submission."""
+        return JobSource(
+            body=self.body_settings(),
+            catalog=self.catalog.copy(),
+            degraded_days=frozenset(self.degraded_days),
+        )
+
+    def batch_directory(self, job_id: str) -> Path:
+        """Where a batch job's files are written (removed by reset() and stop())."""
+        if self._state_dir is None:
+            raise RuntimeError("SandboxGateway is not started; call start() first")
+        return self._state_dir / "batch" / job_id
 
     def stall_release(self) -> threading.Event:
         """The event that ends a stall starting now: set by the next reset() or stop()."""

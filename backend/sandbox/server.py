@@ -1,4 +1,5 @@
-"""HTTPS/1.1 transport: TLS per connection, chunked streaming, throttling and injected faults."""
+"""HTTPS/1.1 transport: TLS per connection, chunked streaming, file bodies, throttling and
+injected faults."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from backend.sandbox import errors
-from backend.sandbox.endpoints import ApiCall, JsonResponse, Response, StreamResponse, dispatch
+from backend.sandbox.batchapi import FILE_ENDPOINT, file_request_params
+from backend.sandbox.endpoints import ApiCall, dispatch
 from backend.sandbox.faults import Fault
+from backend.sandbox.responses import FileResponse, JsonResponse, Response, StreamResponse
 
 if TYPE_CHECKING:
     from backend.sandbox.gateway import SandboxGateway
@@ -32,6 +36,7 @@ LATENCY_ENDPOINT = "timeseries.get_range"  # the endpoint SandboxGateway.latency
 HANDSHAKE_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 120.0
 _MAX_FORM_BYTES = 1 << 20
+FILE_READ_BYTES = 128 * 1024
 
 
 class ConnectionDroppedError(Exception):
@@ -88,9 +93,25 @@ class _MidBodyStall:
         _stall(self._seconds, self._release, self._stopping)
 
 
+@dataclass
+class _BodyFaults:
+    """What an injected fault does to a response body: cut it, pause it, flip one byte."""
+
+    cut_after: int | None = None
+    stall: _MidBodyStall | None = None
+    corrupt_at: int | None = None
+
+    def clamp_to(self, length: int) -> None:
+        """A fixed-length body must stop, or pause, before its last byte to look broken."""
+        last = max(length - 1, 0)
+        if self.cut_after is not None:
+            self.cut_after = min(self.cut_after, last)
+        if self.stall is not None:
+            self.stall.remaining = min(self.stall.remaining, last)
+
+
 class _BodyWriter:
-    """Writes a body (chunked or fixed-length), throttled, paused by `stall` and cut after
-    `cut_after` bytes."""
+    """Writes a body (chunked or fixed-length), throttled, and damaged as `faults` say."""
 
     def __init__(
         self,
@@ -98,16 +119,17 @@ class _BodyWriter:
         *,
         chunked: bool,
         bucket: TokenBucket | None,
-        cut_after: int | None,
+        faults: _BodyFaults,
         stopping: threading.Event,
-        stall: _MidBodyStall | None = None,
     ) -> None:
         self._file = sock_file
         self._stopping = stopping
         self._chunked = chunked
         self._bucket = bucket
-        self._remaining_before_cut = cut_after
-        self._stall = stall
+        self._remaining_before_cut = faults.cut_after
+        self._stall = faults.stall
+        self._corrupt_at = faults.corrupt_at
+        self._sent = 0
 
     def write(self, data: bytes | memoryview) -> None:
         if self._stopping.is_set():
@@ -148,9 +170,13 @@ class _BodyWriter:
         if self._chunked:
             self._file.write(b"0\r\n\r\n")
 
-    def _emit(self, piece: memoryview) -> None:
+    def _emit(self, piece: memoryview | bytearray) -> None:
         if not len(piece):
             return
+        offset, self._sent = self._sent, self._sent + len(piece)
+        if self._corrupt_at is not None and offset <= self._corrupt_at < self._sent:
+            piece = bytearray(piece)
+            piece[self._corrupt_at - offset] ^= 0xFF
         if self._chunked:
             self._file.write(b"%X\r\n%b\r\n" % (len(piece), piece))
         else:
@@ -187,22 +213,30 @@ class SandboxHandler(BaseHTTPRequestHandler):
         endpoint = (
             url.path.removeprefix(API_PREFIX) if url.path.startswith(API_PREFIX) else url.path
         )
+        path_params = file_request_params(endpoint)
+        if path_params is not None:
+            endpoint = FILE_ENDPOINT
         try:
             # In flight from now until the response is fully sent or the connection dropped.
             with self.server.gateway.track_in_flight(endpoint):
-                self._serve(method, url.query, endpoint)
+                self._serve(method, url.query, endpoint, path_params)
         except ConnectionDroppedError:
             self.close_connection = True
             _shutdown_socket(self.connection, socket.SHUT_WR)
         except OSError:  # client went away (BrokenPipe, ConnectionReset, TLS errors)
             self.close_connection = True
 
-    def _serve(self, method: str, query: str, endpoint: str) -> None:
+    def _serve(
+        self, method: str, query: str, endpoint: str, path_params: dict[str, str] | None
+    ) -> None:
         gateway = self.server.gateway
         params = dict(parse_qsl(query, keep_blank_values=True))
         form = self._read_body()
         if method == "POST":
             params.update(parse_qsl(form, keep_blank_values=True))
+        range_header = self.headers.get("Range") or ""
+        if path_params is not None:
+            params.update(path_params, range=range_header)
         key = _basic_auth_username(self.headers.get("Authorization"))
         # Taken before the request is recorded: a reset() from now on ends this request's stalls.
         release = gateway.stall_release()
@@ -214,17 +248,25 @@ class SandboxHandler(BaseHTTPRequestHandler):
         latency_s = gateway.latency_s
         if endpoint == LATENCY_ENDPOINT and latency_s > 0:
             _stall(latency_s, release, self.server.stopping)
-        response = self._respond(gateway, fault, endpoint, ApiCall(method, params, key))
-        cut_after = fault.cut_after_bytes if fault is not None else None
+        call = ApiCall(method, params, key, range_header)
+        response = self._respond(gateway, fault, endpoint, call)
+        faults = self._body_faults(fault, release)
+        if isinstance(response, StreamResponse):
+            self._send_stream(response, gateway.throttle_bytes_per_s, faults)
+        elif isinstance(response, FileResponse):
+            self._send_file(response, gateway.throttle_bytes_per_s, faults)
+        else:
+            self._send_json(response, faults)
+
+    def _body_faults(self, fault: Fault | None, release: threading.Event) -> _BodyFaults:
+        if fault is None:
+            return _BodyFaults()
         stall = None
-        if fault is not None and fault.stall_after_bytes is not None:
+        if fault.stall_after_bytes is not None:
             stall = _MidBodyStall(
                 fault.stall_after_bytes, fault.stall_s, release, self.server.stopping
             )
-        if isinstance(response, StreamResponse):
-            self._send_stream(response, gateway.throttle_bytes_per_s, cut_after, stall)
-        else:
-            self._send_json(response, cut_after, stall)
+        return _BodyFaults(fault.cut_after_bytes, stall, fault.corrupt_at_byte)
 
     def _respond(
         self, gateway: SandboxGateway, fault: Fault | None, endpoint: str, call: ApiCall
@@ -253,9 +295,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
 
-    def _send_json(
-        self, response: JsonResponse, cut_after: int | None, stall: _MidBodyStall | None
-    ) -> None:
+    def _send_json(self, response: JsonResponse, faults: _BodyFaults) -> None:
         payload = json.dumps(response.body).encode()
         headers = {
             "Content-Type": "application/json",
@@ -263,28 +303,45 @@ class SandboxHandler(BaseHTTPRequestHandler):
             **response.headers,
         }
         self._start(response.status, headers)
-        if cut_after is not None:
-            # A fixed-length body must stop short to look broken to the client.
-            cut_after = min(cut_after, max(len(payload) - 1, 0))
-        if stall is not None:
-            # Likewise a stall must come before the last byte for the client to wait on it.
-            stall.remaining = min(stall.remaining, max(len(payload) - 1, 0))
+        faults.clamp_to(len(payload))
         writer = _BodyWriter(
             self.wfile,
             chunked=False,
             bucket=None,
-            cut_after=cut_after,
+            faults=faults,
             stopping=self.server.stopping,
-            stall=stall,
         )
         writer.write(payload)
 
+    def _send_file(
+        self, response: FileResponse, throttle: float | None, faults: _BodyFaults
+    ) -> None:
+        """The file's bytes [offset, offset + length) with a Content-Length, read as sent."""
+        with response.path.open("rb") as source:
+            source.seek(response.offset)
+            self._start(
+                response.status, {"Content-Length": str(response.length), **response.headers}
+            )
+            faults.clamp_to(response.length)
+            bucket = TokenBucket(throttle, self.server.stopping) if throttle else None
+            writer = _BodyWriter(
+                self.wfile,
+                chunked=False,
+                bucket=bucket,
+                faults=faults,
+                stopping=self.server.stopping,
+            )
+            remaining = response.length
+            while remaining > 0:
+                piece = source.read(min(FILE_READ_BYTES, remaining))
+                if not piece:  # the file shrank under us: the client must see a short read
+                    raise ConnectionDroppedError
+                writer.write(piece)
+                remaining -= len(piece)
+        writer.finish()
+
     def _send_stream(
-        self,
-        response: StreamResponse,
-        throttle: float | None,
-        cut_after: int | None,
-        stall: _MidBodyStall | None,
+        self, response: StreamResponse, throttle: float | None, faults: _BodyFaults
     ) -> None:
         self._start(response.status, {"Transfer-Encoding": "chunked", **response.headers})
         bucket = TokenBucket(throttle, self.server.stopping) if throttle else None
@@ -292,9 +349,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self.wfile,
             chunked=True,
             bucket=bucket,
-            cut_after=cut_after,
+            faults=faults,
             stopping=self.server.stopping,
-            stall=stall,
         )
         try:
             for chunk in response.chunks:
