@@ -265,3 +265,40 @@ def test_kill_9_after_submit_resumes_without_a_new_submit(gateway, data_dir, pro
     assert rerun.returncode == 0, rerun.stderr
     assert gateway.count(SUBMIT) == 1
     assert (year_folder(data_dir) / "TRADES.dbn.zst").exists()
+
+
+def test_sigterm_while_waiting_for_the_job_exits_143_and_keeps_it(gateway, data_dir, process_env):
+    """A stopped run leaves the job recorded; the same command later finishes it, unpaid."""
+    gateway.batch_processing_s = 30.0
+    command = [
+        *(sys.executable, "-m", "backend.jobs.cli", "data", "--symbol", "AAPL", "--year", "2023"),
+        *("--products", "trades", *BATCH),
+    ]
+    process = subprocess.Popen(command, env=process_env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while gateway.count("batch.get_job_details") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 143
+    assert "stopped by SIGTERM" in stderr
+    state = json.loads((year_folder(data_dir) / ".parts" / "TRADES" / "batch-job.json").read_text())
+    assert state["job_id"] == gateway.batch_jobs()[0]["id"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://evil.example.com/v0/batch/download/x", "http://127.0.0.1:9/v0/batch/download/x"],
+)
+def test_the_api_key_goes_only_to_databento_over_https(url, tmp_path):
+    """A list_files answer pointing elsewhere never receives the key."""
+    from backend.jobs.batchjob import JobFile
+    from backend.jobs.client import DatabentoClient
+    from backend.jobs.errors import IngestError
+    from backend.jobs.settings import Secret
+
+    client = DatabentoClient(Secret("db-" + "a" * 29), "https://127.0.0.1:9")
+    file = JobFile("f.dbn.zst", 10, "0" * 64, url)
+    with pytest.raises(IngestError, match="not sending the API key"):
+        client.download_file(file, tmp_path / "f.partial", "JOB")
+    assert not (tmp_path / "f.partial").exists()

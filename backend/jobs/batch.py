@@ -132,8 +132,11 @@ def resume_recorded_jobs(
         limit=RESUME_CHECKS_AT_ONCE,
     )
     resumed = []
-    for (_, claimed), live in zip(candidates.values(), checks, strict=True):
+    for (record, claimed), live in zip(candidates.values(), checks, strict=True):
         if live is None:
+            if record.job_id and not dry_run:  # its files can never be used again
+                job_files = claimed[0].folder.data_dir / RAW_SUBDIR / BATCH_SUBDIR / record.job_id
+                shutil.rmtree(job_files, ignore_errors=True)
             rest.extend(claimed)
             continue
         found, details = live
