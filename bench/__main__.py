@@ -38,7 +38,14 @@ def format_table(rows: list[Row]) -> str:
     header = ("scenario", "ours", "baseline", "ratio", "target", "met?")
     met = {True: "yes", False: "NO", None: "-"}
     lines = [
-        (r.scenario, r.ours, r.baseline, f"{r.ratio:.2f}" if r.ratio else "-", r.target, met[r.met])
+        (
+            r.scenario,
+            r.ours,
+            r.baseline,
+            f"{r.ratio:.2f}" if r.ratio is not None else "-",
+            r.target,
+            met[r.met],
+        )
         for r in rows
     ]
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
@@ -105,6 +112,12 @@ def main() -> None:
                 "products": scenarios.UNIVERSE_PRODUCTS,
                 "latency_s": scenarios.UNIVERSE_LATENCY_S,
                 "throttle_bytes_per_s": scenarios.UNIVERSE_THROTTLE_BYTES_PER_S,
+            },
+            "batch": {
+                "throttle_bytes_per_s": scenarios.BATCH_THROTTLE_BYTES_PER_S,
+                "processing_s": scenarios.BATCH_PROCESSING_S,
+                "jobs": scenarios.BATCH_JOBS,
+                "kill_fraction": scenarios.BATCH_KILL_FRACTION,
             },
         },
         "rows": [asdict(row) for row in rows],

@@ -3,7 +3,10 @@
 Each measured command is reaped with `os.wait4(pid)`, whose rusage is that one child's own
 (ru_maxrss = its peak RSS; a max over it and any children it waited for itself). Unlike
 RUSAGE_CHILDREN deltas, it is not a max over every child this process ever had, so the
-server or an earlier, bigger run cannot leak into a later measurement.
+server or an earlier, bigger run cannot leak into a later measurement. It does start at this
+(bench) process's own peak RSS, though: Linux carries the parent's high-water mark over fork
+and exec. So the bench keeps its own memory small (files are compared streaming, never read
+whole), below the ~150 MB of any measured command.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -67,6 +71,59 @@ def measure(argv: Sequence[str], *, env: dict[str, str], log: Path) -> Measureme
     return Measurement(wall, usage.ru_maxrss * 1024 / 1e6)  # ru_maxrss is KiB on Linux
 
 
+@dataclass(frozen=True)
+class Finished:
+    """How a watched command ended: its exit code (-9 when killed), wall time, peak RSS."""
+
+    exit_code: int
+    killed: bool
+    wall_s: float
+    peak_rss_mb: float
+
+
+def run_watched(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    log: Path,
+    kill_when: Callable[[], bool] | None = None,
+    poll_s: float = 0.02,
+) -> Finished:
+    """Run argv, output appended to `log`, to its end, or SIGKILL it as soon as `kill_when()`
+    holds (polled every `poll_s`); unlike `measure`, a failure is reported, not raised."""
+    with log.open("ab") as out:
+        out.write(f"\n$ {' '.join(argv)}\n".encode())
+        out.flush()
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+        killed = timed_out = False
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        try:
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage: see measure
+                if pid:
+                    break
+                if not killed and kill_when is not None and kill_when():
+                    proc.kill()
+                    killed = True
+                elif not timed_out and time.monotonic() > deadline:
+                    proc.kill()
+                    timed_out = True
+                time.sleep(poll_s)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        wall = time.perf_counter() - started
+        if killed:
+            out.write(b"[bench: killed with SIGKILL]\n")
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
+    rss = usage.ru_maxrss * 1024 / 1e6
+    return Finished(proc.returncode, killed, wall, rss)
+
+
 def median_of(runs: list[Measurement]) -> Measurement:
     return Measurement(
         statistics.median(run.wall_s for run in runs),
@@ -84,7 +141,7 @@ class Gateway:
 
         Bytecode is cached as on a user's machine (this workplace sets PYTHONDONTWRITEBYTECODE).
         """
-        dropped = {"DATA_DIR", "DATABENTO_MAX_COST", "PYTHONDONTWRITEBYTECODE"}
+        dropped = {"DATA_DIR", "DATABENTO_ENGINE", "DATABENTO_MAX_COST", "PYTHONDONTWRITEBYTECODE"}
         env = {key: value for key, value in os.environ.items() if key not in dropped}
         env.update(
             DATABENTO_API_KEY=API_KEY,
@@ -104,12 +161,18 @@ def sandbox(
     throttle_bytes_per_s: int | None = None,
     available_end: str = "2025-01-01",
     prebuilt: str | None = None,
+    batch_processing_s: float | None = None,
 ) -> Iterator[Gateway]:
     """A fresh sandbox gateway process (`python -m backend.sandbox serve`) until the block ends.
 
     `prebuilt` ("DATASET/SYMBOL/SCHEMA/YEAR") compresses that year into day frames before
     serving, so the stand-in spends no CPU per request: a model of a remote server, whose
-    work does not compete with the client on this 2-core machine.
+    work does not compete with the client on this 2-core machine. `batch_processing_s`: a
+    batch job is done that long after its submission, once its files are written.
+
+    While it serves, state_dir/batch-jobs.json holds its batch jobs and their files
+    (`sandbox_batch_jobs`); when the block ends, state_dir/requests.json and
+    requests-log.json hold its requests (`server_requests`, `server_request_log`).
     """
     state_dir.mkdir(parents=True)
     argv = [
@@ -130,6 +193,8 @@ def sandbox(
         argv += ["--throttle-bytes-per-s", str(throttle_bytes_per_s)]
     if prebuilt:
         argv += ["--frames", "per_day", "--frame-cache-mb", "8192", "--prewarm", prebuilt]
+    if batch_processing_s:
+        argv += ["--batch-processing-s", str(batch_processing_s)]
     with _server(argv, state_dir) as gateway:
         yield gateway
 
@@ -169,6 +234,24 @@ def server_requests(state_dir: Path) -> dict[str, int]:
     return json.loads(path.read_text())
 
 
+def server_request_log(state_dir: Path) -> list[dict[str, Any]]:
+    """Every request a stopped sandbox received, in order: method, endpoint, params and
+    at_ns (arrival, time.time_ns() of that machine)."""
+    path = state_dir / "requests-log.json"
+    if not path.exists():
+        raise BenchError(f"the sandbox wrote no request log; see {state_dir / 'server.log'}")
+    return json.loads(path.read_text())
+
+
+def sandbox_batch_jobs(state_dir: Path) -> list[dict[str, Any]]:
+    """The sandbox's batch jobs as of now (or of its stop): each job object with its "files"
+    (filename, size, sha256, data), None while they are being written; [] before any job."""
+    path = state_dir / "batch-jobs.json"
+    if not path.exists():
+        return []
+    return json.loads(path.read_text())
+
+
 @contextlib.contextmanager
 def _server(
     argv: list[str], state_dir: Path, *, start_timeout_s: float = SERVER_START_TIMEOUT_S
@@ -196,9 +279,15 @@ def _server(
             server.wait()
 
 
-def ours_argv(data_dir: Path, *, force: bool) -> list[str]:
+def ours_argv(
+    data_dir: Path, *, force: bool, engine: str | None = None, jobs: int | None = None
+) -> list[str]:
     argv = [PYTHON, "-m", "backend.jobs.cli", "data", "--symbol", "AAPL", "--year", "2023"]
     argv += ["--products", "trades", "--data-dir", str(data_dir)]
+    if engine is not None:
+        argv += ["--engine", engine]
+    if jobs is not None:
+        argv += ["--jobs", str(jobs)]
     return [*argv, "--force"] if force else argv
 
 

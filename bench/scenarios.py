@@ -2,7 +2,8 @@
 
 1-4: one symbol-year of AAPL (`python -m backend.sandbox serve`). 5-7: a universe of synthetic
 symbols SYM000... (`python -m bench.universe_sandbox`), with the query latency and per-connection
-bandwidth of a remote service.
+bandwidth of a remote service. 8-10: the same AAPL year through `--engine batch` (a Databento
+batch job, its files downloaded) against `--engine stream`, at a remote service's bandwidth.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import itertools
 import json
 import re
 import shutil
+import statistics
 import subprocess
+import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ import zstandard
 from bench.harness import (
     PYTHON,
     REPO,
+    Finished,
     Gateway,
     Measurement,
     import_argv,
@@ -30,7 +35,10 @@ from bench.harness import (
     median_of,
     ours_argv,
     plain_argv,
+    run_watched,
     sandbox,
+    sandbox_batch_jobs,
+    server_request_log,
     server_requests,
     single_argv,
     universe_argv,
@@ -55,6 +63,14 @@ UNIVERSE_THROTTLE_BYTES_PER_S = 10_000_000  # per connection
 UNIVERSE_SPEEDUP_TARGET = 10.0
 UNIVERSE_RSS_LIMIT_MB = 250.0
 GET_RANGE = "timeseries.get_range"
+
+# The batch engine (scenarios 8-10): the AAPL year of 1-4, at a remote service's bandwidth.
+BATCH_THROTTLE_BYTES_PER_S = 10_000_000  # per connection: get_range bodies and job files alike
+BATCH_PROCESSING_S = 2.0  # the stand-in's processing time of a job; excluded from our time
+BATCH_JOBS = 4  # --jobs: files (or chunks) downloaded at once
+BATCH_RATIO_TARGET = 1.2  # batch wall excluding the wait for the job, over stream wall
+BATCH_KILL_FRACTION = 0.5  # scenario 9: SIGKILL once this much of the job's bytes is on disk
+SUBMIT, LIST_FILES, DOWNLOAD = "batch.submit_job", "batch.list_files", "batch/download"
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,20 @@ class UniverseRun:
     get_range: int
 
 
+@dataclass(frozen=True)
+class EngineRun:
+    """Our CLI through one engine over the AAPL year: its median run, the median wait for the
+    batch job (submit_job to our first list_files; 0 for stream) and its data dir."""
+
+    run: Measurement
+    wait_s: float
+    data_dir: Path
+
+    @property
+    def excluding_wait_s(self) -> float:
+        return self.run.wall_s - self.wait_s
+
+
 class Bench:
     """Runs scenarios, sharing the downloads they have in common (memoized by volume)."""
 
@@ -93,6 +123,7 @@ class Bench:
         self.measurements: dict[str, Any] = {}
         self._ours: dict[int, tuple[Measurement, Path]] = {}
         self._universe: dict[tuple[str, int, bool], UniverseRun] = {}
+        self._engine: dict[tuple[str, int], EngineRun] = {}
         self._ids = itertools.count(1)
 
     def records_per_day(self, gib: float) -> int:
@@ -368,6 +399,210 @@ class Bench:
         )
         return [Row(name, _mb(big), _mb(small), ratio, f"<= {UNIVERSE_RSS_LIMIT_MB:.0f} MB", met)]
 
+    # the batch engine scenarios
+
+    def engine_year(self, engine: str) -> EngineRun:
+        """Our CLI, `--engine ENGINE --force` into a fresh data dir, on a fresh prebuilt sandbox
+        at BATCH_THROTTLE_BYTES_PER_S per connection; median of `repeat` runs; memoized.
+
+        The batch job's wait (its processing time, and the poll that sees it done) is read from
+        the sandbox's request log: from the submit_job request to our first list_files.
+        """
+        rpd = self.records_per_day(1)
+        key = (engine, rpd)
+        if key in self._engine:
+            return self._engine[key]
+        runs: list[Measurement] = []
+        waits: list[float] = []
+        requests: dict[str, int] = {}
+        target: Path | None = None
+        for _ in range(self.repeat):
+            if target is not None:  # keep only the last run's output on disk
+                _remove(target)
+            state_dir = self._path(f"{engine}-server")
+            with self._batch_sandbox(state_dir, rpd) as gateway:
+                target = self._path(f"{engine}-data")
+                argv = ours_argv(target, force=True, engine=engine, jobs=BATCH_JOBS)
+                runs.append(measure(argv, env=gateway.env(), log=self.log))
+            log = server_request_log(state_dir)
+            waits.append(job_wait_s(log) if engine == "batch" else 0.0)
+            requests = server_requests(state_dir)
+        assert target is not None
+        result = EngineRun(median_of(runs), statistics.median(waits), target)
+        self.measurements[f"engine {engine} records_per_day={rpd}"] = {
+            "median": result.run.as_json(),
+            "runs": [run.as_json() for run in runs],
+            "job_wait_s": [round(wait, 4) for wait in waits],
+            "wall_excluding_wait_s": [
+                round(run.wall_s - wait, 4) for run, wait in zip(runs, waits, strict=True)
+            ],
+            "throttle_bytes_per_s": BATCH_THROTTLE_BYTES_PER_S,
+            "batch_processing_s": BATCH_PROCESSING_S,
+            "jobs": BATCH_JOBS,
+            "output_bytes": _output_bytes(target),
+            "records": _manifest_records(target),
+            "requests": requests,
+        }
+        self._engine[key] = result
+        return result
+
+    def _batch_sandbox(
+        self, state_dir: Path, records_per_day: int
+    ) -> AbstractContextManager[Gateway]:
+        return sandbox(
+            state_dir,
+            records_per_day=records_per_day,
+            throttle_bytes_per_s=BATCH_THROTTLE_BYTES_PER_S,
+            prebuilt=PREBUILT_YEAR,
+            batch_processing_s=BATCH_PROCESSING_S,
+        )
+
+    def _batch_label(self) -> str:
+        rpd = self.records_per_day(1)
+        return f"{self.volume(rpd)} year at {BATCH_THROTTLE_BYTES_PER_S / 1e6:.0f} MB/s/conn"
+
+    def batch_vs_stream(self) -> list[Row]:
+        """`--engine batch` against `--engine stream`: wall time without the job's wait, and
+        whether both files decode to the same records."""
+        batch, stream = self.engine_year("batch"), self.engine_year("stream")
+        label = self._batch_label()
+        ratio = batch.excluding_wait_s / stream.run.wall_s
+        equal, compared, problems = compare_files(_raw(batch.data_dir), _raw(stream.data_dir))
+        same = equal == compared == 1 and not problems
+        self.measurements["engine batch vs stream files equal"] = {
+            "equal": equal,
+            "compared": compared,
+            "problems": problems,
+        }
+        return [
+            Row(
+                f"8. {label}, wall incl. {batch.wait_s:.2f} s job wait (batch/stream)",
+                _s(batch.run),
+                _s(stream.run),
+                batch.run.wall_s / stream.run.wall_s,
+                "-",
+                None,
+            ),
+            Row(
+                f"8. {label}, wall excl. the job wait (batch/stream)",
+                f"{batch.excluding_wait_s:.2f} s",
+                _s(stream.run),
+                ratio,
+                f"<= {BATCH_RATIO_TARGET:g}",
+                ratio <= BATCH_RATIO_TARGET,
+            ),
+            Row(
+                "8. files equal, decoded (batch vs stream)"
+                + (f": {problems[0]}" if problems else ""),
+                "yes" if same else "no",
+                f"{equal}/{compared} files",
+                None,
+                "equal",
+                same,
+            ),
+        ]
+
+    def batch_resume(self) -> list[Row]:
+        """`--engine batch --jobs 4` killed with SIGKILL once half the job's bytes are on disk,
+        then the same command again: what it downloads again, and whether it submits again."""
+        rpd = self.records_per_day(1)
+        state_dir, data_dir = self._path("resume-server"), self._path("resume-data")
+        argv = ours_argv(data_dir, force=False, engine="batch", jobs=BATCH_JOBS)
+        downloads = data_dir / "raw" / "databento" / ".batch"
+        with self._batch_sandbox(state_dir, rpd) as gateway:
+            env = gateway.env()
+
+            def half_on_disk() -> bool:
+                total = _job_data_bytes(state_dir)
+                if total is None:  # the job's files are not written yet
+                    return False
+                return _bytes_on_disk(downloads) >= total * BATCH_KILL_FRACTION
+
+            first = run_watched(argv, env=env, log=self.log, kill_when=half_on_disk)
+            held = _bytes_on_disk(downloads)
+            held_files = {path.name: path.stat().st_size for path in _job_downloads(downloads)}
+            rerun_from_ns = time.time_ns()
+            rerun = run_watched(argv, env=env, log=self.log)
+        sizes = _job_data_sizes(state_dir)
+        log = server_request_log(state_dir)
+        total, largest = sum(sizes.values()), max(sizes.values(), default=0)
+        later = [request for request in log if request["at_ns"] >= rerun_from_ns]
+        fetched = sum(
+            sizes[request["params"]["filename"]] - _range_start(request["params"].get("range"))
+            for request in later
+            if request["endpoint"] == DOWNLOAD
+        )
+        again = fetched - (total - held)
+        submits = [sum(1 for r in part if r["endpoint"] == SUBMIT) for part in (log, later)]
+        new_submits = submits[1]
+        stream = self.engine_year("stream")
+        equal, compared, problems = compare_files(_raw(data_dir), _raw(stream.data_dir))
+        same = rerun.exit_code == 0 and equal == compared == 1 and not problems
+        self.measurements["batch kill -9 and re-run"] = {
+            "records_per_day": rpd,
+            "jobs": BATCH_JOBS,
+            "first_run": _finished_json(first),
+            "rerun": _finished_json(rerun),
+            "job_data_files": sizes,
+            "job_data_bytes": total,
+            "bytes_on_disk_at_kill": held,
+            "files_on_disk_at_kill": held_files,
+            "rerun_requested_bytes": fetched,
+            "bytes_downloaded_again": again,
+            "largest_data_file": largest,
+            "rerun_downloads": [
+                request["params"] for request in later if request["endpoint"] == DOWNLOAD
+            ],
+            "submits_total": submits[0],
+            "submits_in_rerun": new_submits,
+            "files_equal_stream": {"equal": equal, "compared": compared, "problems": problems},
+        }
+        share = f"{held / total:.0%}" if total else "?"
+        killed = "killed" if first.killed else f"NOT killed (exit {first.exit_code})"
+        return [
+            Row(
+                f"9. {self._batch_label()}, --jobs {BATCH_JOBS}, {killed} at {share} of the "
+                "job's bytes: downloaded again (again/largest file)",
+                f"{again / 1e6:.2f} MB",
+                f"{largest / 1e6:.2f} MB",
+                again / largest if largest else None,
+                "<= 1 file",
+                first.killed and largest > 0 and again <= largest,
+            ),
+            Row(
+                "9. new submit_job in the re-run",
+                str(new_submits),
+                f"{submits[0]} in all",
+                None,
+                "0",
+                new_submits == 0,
+            ),
+            Row(
+                f"9. re-run exit {rerun.exit_code}, file equal to stream's, decoded"
+                f"{': ' + problems[0] if problems else ''}",
+                "yes" if same else "no",
+                f"{equal}/{compared} files",
+                None,
+                "exit 0, equal",
+                same,
+            ),
+        ]
+
+    def batch_memory(self) -> list[Row]:
+        """Peak RSS of the batch run of scenario 8 (the stream run's for reference)."""
+        batch, stream = self.engine_year("batch"), self.engine_year("stream")
+        ratio = batch.run.peak_rss_mb / stream.run.peak_rss_mb
+        return [
+            Row(
+                f"10. peak RSS, {self._batch_label()} (batch/stream)",
+                _mb(batch.run),
+                _mb(stream.run),
+                ratio,
+                f"<= {RSS_LIMIT_MB:.0f} MB",
+                batch.run.peak_rss_mb <= RSS_LIMIT_MB,
+            )
+        ]
+
 
 SCENARIOS = {
     1: Bench.year_vs_plain,
@@ -377,7 +612,66 @@ SCENARIOS = {
     5: Bench.universe_vs_loop,
     6: Bench.universe_vs_singles,
     7: Bench.universe_memory,
+    8: Bench.batch_vs_stream,
+    9: Bench.batch_resume,
+    10: Bench.batch_memory,
 }
+
+
+def job_wait_s(log: list[dict[str, Any]]) -> float:
+    """From the (first) submit_job request to the first list_files after it, in seconds: the
+    job's processing time and the poll that saw it done, not our download."""
+    submitted = next(r["at_ns"] for r in log if r["endpoint"] == SUBMIT)
+    listed = next(
+        r["at_ns"] for r in log if r["endpoint"] == LIST_FILES and r["at_ns"] >= submitted
+    )
+    return (listed - submitted) / 1e9
+
+
+def _job_data_sizes(state_dir: Path) -> dict[str, int]:
+    """filename -> size of the data files of the sandbox's (only) batch job; {} until written."""
+    jobs = sandbox_batch_jobs(state_dir)
+    files = (jobs[0].get("files") if jobs else None) or []
+    return {f["filename"]: f["size"] for f in files if f["data"]}
+
+
+def _job_data_bytes(state_dir: Path) -> int | None:
+    sizes = _job_data_sizes(state_dir)
+    return sum(sizes.values()) if sizes else None
+
+
+def _job_downloads(downloads: Path) -> list[Path]:
+    """Our downloads of job files: .batch/JOB_ID/FILE or FILE.partial."""
+    return [path for path in downloads.glob("*/*") if path.is_file()]
+
+
+def _bytes_on_disk(downloads: Path) -> int:
+    total = 0
+    for path in _job_downloads(downloads):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:  # renamed from .partial just now: counted under its new name
+            continue
+    return total
+
+
+def _range_start(header: str | None) -> int:
+    """N of a `bytes=N-[M]` Range header; 0 without one."""
+    match = re.fullmatch(r"bytes=(\d+)-\d*", (header or "").strip())
+    return int(match[1]) if match else 0
+
+
+def _finished_json(run: Finished) -> dict[str, Any]:
+    return {
+        "exit_code": run.exit_code,
+        "killed": run.killed,
+        "wall_s": round(run.wall_s, 4),
+        "peak_rss_mb": round(run.peak_rss_mb, 4),
+    }
+
+
+def _raw(data_dir: Path) -> Path:
+    return data_dir / "raw" / "databento"
 
 
 def imports_databento(argv: list[str], env: dict[str, str]) -> bool:
@@ -415,10 +709,28 @@ def _dbn_files(root: Path) -> Iterator[tuple[str, Path]]:
         yield path.relative_to(root).as_posix(), path
 
 
-def _decoded(path: Path) -> bytes:
+COMPARE_BLOCK = 4 * 2**20
+
+
+def _decoded_blocks(path: Path) -> Iterator[bytes]:
+    """The decompressed bytes (zstd, across frames) in blocks of COMPARE_BLOCK, the last
+    shorter: streamed, so the bench's own RSS stays small (see bench.harness)."""
     with path.open("rb") as raw:
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return reader.read()
+        block = b""
+        while piece := reader.read(COMPARE_BLOCK - len(block)):
+            block += piece
+            if len(block) == COMPARE_BLOCK:
+                yield block
+                block = b""
+        if block:
+            yield block
+
+
+def same_decoded(ours: Path, theirs: Path) -> bool:
+    """Whether both files decompress to the same bytes."""
+    pairs = itertools.zip_longest(_decoded_blocks(ours), _decoded_blocks(theirs))
+    return all(a == b for a, b in pairs)  # a missing block is None: unequal
 
 
 def compare_files(ours: Path, theirs: Path) -> tuple[int, int, list[str]]:
@@ -431,7 +743,7 @@ def compare_files(ours: Path, theirs: Path) -> tuple[int, int, list[str]]:
     for name, path in their_files.items():
         if name not in our_files:
             continue
-        if _decoded(our_files[name]) == _decoded(path):
+        if same_decoded(our_files[name], path):
             equal += 1
         else:
             problems.append(f"differs {name}")

@@ -1,7 +1,9 @@
 """`python -m backend.sandbox serve --state-dir DIR`: run the sandbox gateway until SIGTERM/SIGINT.
 
 DIR/ca.pem gets the CA certificate, then DIR/gateway the "127.0.0.1:PORT" string (written
-atomically and last, so a waiter can poll for it).
+atomically and last, so a waiter can poll for it). While serving, DIR/batch-jobs.json holds the
+batch jobs and their files; on the stop, DIR/requests.json the requests per endpoint and
+DIR/requests-log.json every request in order, with its arrival time.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         help="server-side query latency: delay the first byte of every get_range answer",
     )
     serve.add_argument(
+        "--batch-processing-s",
+        type=float,
+        default=0.0,
+        help="a batch job is done this long after its submission (once its files are written)",
+    )
+    serve.add_argument(
         "--available-end",
         type=_utc_date,
         default=None,
@@ -80,11 +88,38 @@ def _write_atomically(path: Path, text: str) -> None:
     partial.replace(path)
 
 
+def _batch_snapshot(gateway: SandboxGateway) -> str:
+    """The batch jobs as get_job_details answers them now, each with its written files."""
+    jobs = [
+        {**details, "files": gateway.batch_job_files(details["id"])}
+        for details in gateway.batch_jobs()
+    ]
+    return json.dumps(jobs, indent=2)
+
+
+def _request_log(gateway: SandboxGateway) -> str:
+    """Every request in arrival order: method, endpoint, params and at_ns (no API key)."""
+    return json.dumps(
+        [
+            {
+                "method": request.method,
+                "endpoint": request.endpoint,
+                "params": request.params,
+                "at_ns": request.at_ns,
+            }
+            for request in list(gateway.requests)
+        ],
+        indent=1,
+    )
+
+
 def run_until_stopped(gateway: SandboxGateway, state_dir: Path) -> None:
     """Serve until SIGTERM or SIGINT.
 
-    Writes STATE/ca.pem, then STATE/gateway (atomically, last: its presence means ready); on
-    the stop, STATE/requests.json (requests per endpoint) before the server closes.
+    Writes STATE/ca.pem, then STATE/gateway (atomically, last: its presence means ready);
+    while serving, STATE/batch-jobs.json whenever a batch job changes (atomically); on the
+    stop, STATE/requests.json (requests per endpoint) and STATE/requests-log.json (each
+    request with its arrival time) before the server closes.
     """
     stop_requested = threading.Event()
 
@@ -101,10 +136,16 @@ def run_until_stopped(gateway: SandboxGateway, state_dir: Path) -> None:
             "sandbox gateway serving https://%s (CA %s)", gateway.gateway, state_dir / "ca.pem"
         )
         # Wake up periodically so signals are handled promptly on every platform.
-        while not stop_requested.wait(0.5):
-            pass
+        written = ""
+        while not stop_requested.wait(0.25):
+            if gateway.batch_book.jobs() and (snapshot := _batch_snapshot(gateway)) != written:
+                _write_atomically(state_dir / "batch-jobs.json", snapshot)
+                written = snapshot
         endpoints = Counter(request.endpoint for request in list(gateway.requests))
         _write_atomically(state_dir / "requests.json", json.dumps(dict(endpoints), indent=2))
+        _write_atomically(state_dir / "requests-log.json", _request_log(gateway))
+        if gateway.batch_book.jobs():
+            _write_atomically(state_dir / "batch-jobs.json", _batch_snapshot(gateway))
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -113,6 +154,7 @@ def serve(args: argparse.Namespace) -> int:
         available_end=args.available_end,
         throttle_bytes_per_s=args.throttle_bytes_per_s,
         latency_s=args.latency_s,
+        batch_processing_s=args.batch_processing_s,
         frames=args.frames,
         frame_cache_mb=args.frame_cache_mb,
         no_session_answer=args.no_session_answer,

@@ -46,17 +46,23 @@ def file_request_params(endpoint: str) -> dict[str, str] | None:
 def submit_job(
     gw: SandboxGateway, call: ApiCall, query: RangeQuery, record_count: int, cost_usd: float
 ) -> Response:
-    """Record a job for a query validated like get_range; it starts in the `received` state."""
+    """Record a job for a query validated like get_range; it starts in the `received` state.
+
+    Its files start being written now, on a background thread (before this answers when the
+    job has no processing time): it is done once both its processing time has passed and its
+    files are written.
+    """
     request = _batch_request(call, query)
     received_ns = time.time_ns()
     job_id = new_job_id(query.dataset, received_ns)
+    processing_ns = round(gw.batch_processing_s * NS_PER_SECOND)
     job = BatchJob(
         job_id=job_id,
         request=request,
         source=gw.job_source(),
         timeline=Timeline(
             received_ns=received_ns,
-            processing_ns=round(gw.batch_processing_s * NS_PER_SECOND),
+            processing_ns=processing_ns,
             expiry_ns=round(gw.batch_expiry_s * NS_PER_SECOND),
         ),
         record_count=record_count,
@@ -65,6 +71,7 @@ def submit_job(
         directory=gw.batch_directory(job_id),
     )
     gw.batch_book.add(job)
+    job.start_writing(background=processing_ns > 0)
     return JsonResponse(job.submitted_details())
 
 
@@ -91,8 +98,8 @@ def list_jobs(gw: SandboxGateway, call: ApiCall) -> Response:
 
 
 def list_files(gw: SandboxGateway, call: ApiCall) -> Response:
-    """Nothing before the job is done; then its data files and support files, made now if
-    this is the first time they are needed."""
+    """Nothing before the job is done; then its data files and support files (written by
+    then: a done job answers at once)."""
     now_ns = time.time_ns()
     job = _unexpired(_known_job(gw, call), now_ns)
     if job.state_at(now_ns) != "done":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,10 @@ from backend.sandbox.timestamps import ceil_date, date_to_ns, format_iso_ns, ns_
 
 SPLIT_DURATIONS = ("day", "week", "month", "year", "none")
 SUPPORT_FILES = ("metadata.json", "symbology.json", "condition.json")
+
+
+class JobFilesCancelledError(Exception):
+    """The job's files stopped being written (its job was forgotten or the gateway reset)."""
 
 
 @dataclass(frozen=True)
@@ -148,12 +153,19 @@ def data_filename(request: BatchRequest, start_ns: int, end_ns: int) -> str:
 
 
 def write_job_files(
-    directory: Path, job_id: str, request: BatchRequest, source: JobSource
+    directory: Path,
+    job_id: str,
+    request: BatchRequest,
+    source: JobSource,
+    cancelled: threading.Event | None = None,
 ) -> JobFiles:
-    """Write every file of the job into `directory`, streaming each body to disk."""
+    """Write every file of the job into `directory`, streaming each body to disk.
+
+    Once `cancelled` is set, the next chunk raises JobFilesCancelledError.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     data = [
-        _write(directory / data_filename(request, start_ns, end_ns), body)
+        _write(directory / data_filename(request, start_ns, end_ns), body, cancelled)
         for start_ns, end_ns, body in _period_bodies(request, source)
     ]
     support = {
@@ -163,7 +175,9 @@ def write_job_files(
     }
     return JobFiles(
         data=data,
-        support=[_write(directory / name, [content]) for name, content in support.items()],
+        support=[
+            _write(directory / name, [content], cancelled) for name, content in support.items()
+        ],
     )
 
 
@@ -189,11 +203,15 @@ def _period_bodies(
         yield start_ns, end_ns, range_body(source.body, query, request.compression)
 
 
-def _write(path: Path, chunks: Iterable[bytes]) -> BatchFile:
+def _write(
+    path: Path, chunks: Iterable[bytes], cancelled: threading.Event | None = None
+) -> BatchFile:
     digest = hashlib.sha256()
     size = 0
     with path.open("wb") as out:
         for chunk in chunks:
+            if cancelled is not None and cancelled.is_set():
+                raise JobFilesCancelledError(path.name)
             out.write(chunk)
             digest.update(chunk)
             size += len(chunk)

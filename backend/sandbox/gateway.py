@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +39,8 @@ class RecordedRequest:
     endpoint: str  # e.g. "timeseries.get_range"; the raw path when not under /v0/
     params: dict[str, str]
     key: str | None
+    # When it arrived (time.time_ns(), the clock of batch job timestamps); not compared.
+    at_ns: int = field(default=0, compare=False)
 
 
 class SandboxGateway:
@@ -103,8 +105,9 @@ class SandboxGateway:
         # starts this many seconds after the request; reset()/stop() end the wait like delay_s.
         self.latency_s: float = latency_s
         # A batch job submitted now is queued after 10% of this, processing after 20%, done
-        # at 100% (0: done by the first look after submit_job), then expires batch_expiry_s
-        # later. Both are read at submission.
+        # at 100% once its files are written too (they are, on a background thread, from the
+        # submission on; 0: written before submit_job answers, so done by the first look),
+        # then expires batch_expiry_s later. Both are read at submission.
         self.batch_processing_s: float = batch_processing_s
         self.batch_expiry_s: float = batch_expiry_s
         self.batch_book = BatchBook()
@@ -285,6 +288,18 @@ class SandboxGateway:
         now_ns = time.time_ns()
         return [job.details(now_ns) for job in self.batch_book.jobs()]
 
+    def batch_job_files(self, job_id: str) -> list[dict[str, Any]] | None:
+        """A job's files (filename, size, sha256; data files first) once they are written,
+        else None; never waits for them."""
+        job = self.batch_book.get(job_id)
+        files = job.written_files() if job is not None else None
+        if files is None:
+            return None
+        return [
+            {"filename": f.filename, "size": f.size, "sha256": f.sha256, "data": f in files.data}
+            for f in files.all
+        ]
+
     def expire_job(self, job_id: str) -> None:
         """Expire a batch job now: its state becomes "expired" and its files answer 404."""
         job = self.batch_book.get(job_id)
@@ -319,7 +334,9 @@ class SandboxGateway:
         self, method: str, endpoint: str, params: dict[str, str], key: str | None
     ) -> None:
         with self._requests_lock:
-            self.requests.append(RecordedRequest(method, endpoint, dict(params), key))
+            self.requests.append(
+                RecordedRequest(method, endpoint, dict(params), key, at_ns=time.time_ns())
+            )
 
     @contextmanager
     def track_in_flight(self, endpoint: str) -> Iterator[None]:
