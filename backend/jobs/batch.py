@@ -570,8 +570,14 @@ class BatchEngine:
             whole = RangeRequest(
                 self.request.dataset, (member.symbol,), member.product.schema, member.span
             )
+            name = member.product.name
             writer = MergedWriter(
-                member.folder.final(member.product.name), whole, spans, member.header, scratch
+                member.folder.final(name),
+                whole,
+                spans,
+                member.header,
+                scratch,
+                destination=(member.folder.storage, member.folder.final_key(name)),
             )
             try:
                 for part in parts:

@@ -25,11 +25,15 @@ import shutil
 import stat
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 from backend.jobs.errors import IngestError
+
+if TYPE_CHECKING:
+    from backend.jobs.store import Store
 
 RAW_SUBDIR = Path("raw") / "databento"
 DEFAULT_DATASET = "XNAS.ITCH"
@@ -58,12 +62,40 @@ def dataset_subdir(dataset: str) -> Path:
 
 @dataclass(frozen=True)
 class YearFolder:
-    """Where one dataset-symbol-year lives."""
+    """Where one dataset-symbol-year lives.
+
+    `data_dir` is local: the data dir itself, or the work dir of a bucket, where parts and
+    temporary files are written. Final files and manifests are `store` objects under `key`s
+    (for a local data dir, the very same paths).
+    """
 
     data_dir: Path
     symbol: str
     year: int
     dataset: str = DEFAULT_DATASET
+    store: Store | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def storage(self) -> Store:
+        if self.store is not None:
+            return self.store
+        from backend.jobs.store import LocalStore
+
+        return LocalStore(self.data_dir)
+
+    def key(self, name: str) -> str:
+        """A file of this folder as a store key (a path below the data dir)."""
+        return (RAW_SUBDIR / self.relative / name).as_posix()
+
+    def final_key(self, product: str) -> str:
+        return self.key(f"{product}{FINAL_SUFFIX}")
+
+    @property
+    def manifest_key(self) -> str:
+        return self.key("manifest.json")
+
+    def lock_key(self, product: str) -> str:
+        return (RAW_SUBDIR / LOCKS_SUBDIR / self.relative / f"{product}.lock").as_posix()
 
     @property
     def relative(self) -> Path:
@@ -85,7 +117,7 @@ class YearFolder:
         return self.path / PARTS_SUBDIR / product
 
     def lock(self, product: str) -> Path:
-        return self.data_dir / RAW_SUBDIR / LOCKS_SUBDIR / self.relative / f"{product}.lock"
+        return self.data_dir / self.lock_key(product)
 
     def drop_parts(self, product: str) -> None:
         """Remove a product's parts once its final file is published (never through a link)."""
@@ -157,6 +189,18 @@ def remove_stale_temps(folder: Path, *names: str) -> int:
             remove_temp(Path(entry.path))
             removed += 1
     return removed
+
+
+def has_stale_temps(folder: Path, name: str) -> bool:
+    """Whether a killed run left temp files of `name` (a product, or its final file) here."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return any(
+        (match := TEMP_NAME.match(entry.name)) is not None and match["name"].startswith(name)
+        for entry in entries
+    )
 
 
 def fsync_dir(folder: Path) -> None:

@@ -45,6 +45,7 @@ from backend.jobs.universe import parse_year, universe
 
 if TYPE_CHECKING:
     from backend.jobs.inventory import CachedProduct
+    from backend.jobs.store import Store
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -80,7 +81,9 @@ app = typer.Typer(
 DataDirOption = Annotated[
     str | None,
     typer.Option(
-        help="Cache root [default: the repository's data/; env DATA_DIR; empty = default].",
+        help="Cache root: a folder or s3://BUCKET/PREFIX (credentials, region and endpoint from "
+        "the standard AWS configuration) [default: the repository's data/; env DATA_DIR; "
+        "empty = default].",
         show_default=False,
     ),
 ]
@@ -149,6 +152,14 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
         bool, typer.Option(help="Re-hash cached files against the manifest before skipping them.")
     ] = False,
     data_dir: DataDirOption = None,
+    work_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="With an s3:// data dir: the local folder for parts and files before upload "
+            "[default: ~/.cache/bento-ingest/work, or under XDG_CACHE_HOME].",
+            show_default=False,
+        ),
+    ] = None,
     gateway: Annotated[
         str | None,
         typer.Option(
@@ -245,7 +256,9 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     from backend.jobs.request import IngestRequest
 
     level = "DEBUG" if verbose else "SUCCESS" if quiet else log_level.upper()
-    settings = Settings.from_env(gateway=gateway, data_dir=data_dir, max_cost=max_cost)
+    settings = Settings.from_env(
+        gateway=gateway, data_dir=data_dir, max_cost=max_cost, work_dir=work_dir
+    )
     secret = settings.api_key.reveal() if settings.api_key else ""
     try:
         level = _valid_level(level)
@@ -309,14 +322,15 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
 
 def _cached(
     symbol: str | None, year: str | None, dataset: str | None, data_dir: str | None
-) -> list[CachedProduct]:
-    """Set up logging, validate the filters, list the cache (local files only)."""
+) -> tuple[Store, list[CachedProduct]]:
+    """Set up logging, validate the filters, list the cache (its store only, never Databento)."""
     from backend.jobs.inventory import cached_products
 
     setup_logging()
     try:
-        return cached_products(
-            Settings.from_env(data_dir=data_dir).data_dir,
+        store, _ = Settings.from_env(data_dir=data_dir).location()
+        return store, cached_products(
+            store,
             normalize_symbol(symbol) if symbol else None,
             parse_year(year) if year else None,
             normalize_dataset(dataset) if dataset else None,
@@ -340,12 +354,12 @@ def status(
 ) -> None:
     """List cached products by dataset, symbol and year: size, records, range, manifest state.
 
-    Every file and manifest entry is listed; damaged entries are marked. Reads local files
-    only: no network, no API key needed.
+    Every file and manifest entry is listed; damaged entries are marked. Reads the data dir
+    only (a folder, or a bucket's listing and manifests): no Databento, no API key needed.
     """
     from backend.jobs.report import print_status
 
-    items = _cached(symbol, year, dataset, data_dir)
+    _, items = _cached(symbol, year, dataset, data_dir)
     if as_json:
         sys.stdout.write(json.dumps([item.as_json() for item in items], indent=2) + "\n")
     else:
@@ -363,13 +377,19 @@ def verify(
     dataset: DatasetFilterOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Re-hash every cached file against its manifest and decode its DBN header."""
+    """Re-hash every cached file against its manifest and decode its DBN header.
+
+    Objects in a bucket are streamed through the hash, never copied to disk.
+    """
     from backend.jobs.inventory import verify_product
 
-    items = _cached(symbol, year, dataset, data_dir)
+    store, items = _cached(symbol, year, dataset, data_dir)
     bad = 0
     for item in items:
-        problem = verify_product(item)
+        try:
+            problem = verify_product(store, item)
+        except IngestError as exc:
+            raise _fail(exc) from None
         if problem:
             bad += 1
             logger.error("BAD {}: {}", item.path, problem)

@@ -396,10 +396,11 @@ def request_mismatch(metadata: Metadata, request: RangeRequest) -> str:
     )
 
 
-def read_metadata(path: Path) -> Metadata:
+def read_metadata(source: Path | Readable) -> Metadata:
     """Only the header: cheap, for status and adoption checks."""
-    with path.open("rb") as handle:
-        reader = DbnReader(decompressed_chunks(handle, path.name), path.name)
+    with contextlib.ExitStack() as stack:
+        handle = stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
+        reader = DbnReader(decompressed_chunks(handle, source.name), source.name)
         return reader.metadata()[0]
 
 

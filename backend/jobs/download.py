@@ -54,7 +54,15 @@ def download(
                     request.dataset, (member.symbol,), member.product.schema, member.span
                 )
                 writers[key(member)] = MergedWriter(
-                    final, whole, group.chunks, member.header, scratch
+                    final,
+                    whole,
+                    group.chunks,
+                    member.header,
+                    scratch,
+                    destination=(
+                        member.folder.storage,
+                        member.folder.final_key(member.product.name),
+                    ),
                 )
                 parts_dir = member.folder.parts(member.product.name)
                 progress.start(member.product.name, parts_dir, len(group.chunks))

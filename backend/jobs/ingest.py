@@ -23,11 +23,10 @@ from backend.jobs.cache import (
     PARTS_SUBDIR,
     YearFolder,
     check_working_dir,
+    has_stale_temps,
     remove_stale_temps,
-    writable_destination,
 )
 from backend.jobs.client import DatabentoClient
-from backend.jobs.dbnfile import sha256_file
 from backend.jobs.decision import Action, CacheKey, OnDisk, decide
 from backend.jobs.errors import (
     CorruptFileError,
@@ -41,6 +40,7 @@ from backend.jobs.plan import Product, TimeRange
 from backend.jobs.request import IngestRequest, ProductResult
 from backend.jobs.retry import RetryPolicy
 from backend.jobs.settings import Settings
+from backend.jobs.store import Store, sha256_of
 
 if TYPE_CHECKING:
     from backend.jobs.preflight import Failure, UniversePlan
@@ -76,8 +76,9 @@ def run_ingest(
     """
     from backend.jobs.preflight import UniversePlan
 
+    store, work_root = settings.location()
     folders = [
-        YearFolder(settings.data_dir, symbol, year, request.dataset)
+        YearFolder(work_root, symbol, year, request.dataset, store)
         for year in request.years
         for symbol in request.symbols
     ]
@@ -89,18 +90,13 @@ def run_ingest(
     policy = RetryPolicy(retries=request.retries)
     with contextlib.ExitStack() as stack:
         stack.callback(stop.set)
-        if not request.dry_run:
-            stack.enter_context(locked(wanted, request.lock_timeout_s))
-        pending = []
-        for folder, product in wanted:
-            cached = settle_from_cache(folder, product, request, started)
-            if cached:
-                results[(folder.symbol, folder.year, product.name)] = cached
-                cached.log()
-            else:
-                pending.append((folder, product))
+        undecided = settle(wanted, results, answered_without_lock, request, started)
+        if undecided and not request.dry_run:
+            stack.enter_context(locked(undecided, request.lock_timeout_s))
+        # again, under the lock: another run may have finished some meanwhile
+        pending = settle(undecided, results, settle_from_cache, request, started)
         if pending:
-            check_destinations(pending)
+            check_destinations(store, pending)
             # Only now the download machinery: a cached re-run must stay cheap to start.
             from backend.jobs.preflight import check_budget, plan_universe
 
@@ -121,6 +117,8 @@ def run_ingest(
             )
             if not request.dry_run:
                 check_budget(plan, budget)
+                if work_root != settings.data_dir:
+                    check_room(work_root, plan.estimated_bytes)
                 try:
                     for result in fetch(
                         request,
@@ -129,7 +127,7 @@ def run_ingest(
                         progress=progress,
                         policy=policy,
                         stop=stop,
-                        data_dir=settings.data_dir,
+                        work_root=work_root,
                     ):
                         results[(result.symbol, result.year, result.product.name)] = result
                         result.log()
@@ -140,25 +138,60 @@ def run_ingest(
                     names = ", ".join(f"{f.symbol} {f.year}" for f in plan.failures)
                     raise InvalidInputError(f"{exc}; not fetched either: {names}") from None
     if not request.dry_run and not request.is_universe:
-        logger.info("cache folder: {}", folders[0].path)
+        logger.info("cache folder: {}", store.where(folders[0].key("")).rstrip("/"))
     keys = [(folder.symbol, folder.year, product.name) for folder, product in wanted]
     ordered = [results[key] for key in keys if key in results]
     return IngestReport(ordered, plan)
 
 
+def settle(
+    wanted: list[tuple[YearFolder, Product]],
+    results: dict[tuple[str, int, str], ProductResult],
+    answer: Callable[..., ProductResult | None],
+    request: IngestRequest,
+    started: float,
+) -> list[tuple[YearFolder, Product]]:
+    """Log and keep what the cache answers; return the rest."""
+    rest = []
+    for folder, product in wanted:
+        cached = answer(folder, product, request, started)
+        if cached:
+            results[(folder.symbol, folder.year, product.name)] = cached
+            cached.log()
+        else:
+            rest.append((folder, product))
+    return rest
+
+
 def look(folder: YearFolder, content: ManifestContent, product: Product) -> OnDisk:
-    """The facts the decision needs: a stat of the final path and the product's entry."""
-    final = folder.final(product.name)
-    try:
-        info = final.stat()
-    except FileNotFoundError:
-        info = None
-    is_file = info is not None and final.is_file()
+    """The facts the decision needs: the final object's size (never its body) and its entry."""
+    info = folder.storage.head(folder.final_key(product.name))
     return OnDisk(
-        size=info.st_size if is_file and info else None,
-        not_a_file=info is not None and not is_file,
+        size=info.size if info is not None and info.is_file else None,
+        not_a_file=info is not None and not info.is_file,
         entry=content.entries.get(product.name),
         damage=content.damage(product.name),
+    )
+
+
+def answered_without_lock(
+    folder: YearFolder, product: Product, request: IngestRequest, started: float
+) -> ProductResult | None:
+    """A product the cache answers with nothing to write (no adoption, repair or leftovers to
+    clean) needs no lock: the common cached re-run takes none, and pays no lease."""
+    if request.force or request.verify:
+        return None
+    if folder.parts(product.name).exists() or has_stale_temps(folder.path, product.name):
+        return None
+    content = Manifest.of(folder).load()
+    key = CacheKey(request.dataset, product.schema, folder.symbol, folder.year)
+    decision = decide(look(folder, content, product), key, force=False, verify=False)
+    if decision.action is not Action.SKIP or decision.why:
+        return None
+    entry = content.entries[product.name]
+    elapsed = time.monotonic() - started
+    return ProductResult(
+        folder.symbol, folder.year, product, "skipped", entry.bytes, entry.records, elapsed
     )
 
 
@@ -174,13 +207,14 @@ def settle_from_cache(
     decision = decide(
         look(folder, content, product), key, force=request.force, verify=request.verify
     )
-    final = folder.final(product.name)
+    final = folder.storage.where(folder.final_key(product.name))
     if decision.why:
         logger.warning("{} {}", final, decision.why)
     if decision.action is Action.FETCH:
         return None
     entry = content.entries[product.name] if decision.action is not Action.ADOPT else None
-    if decision.action is Action.VERIFY and sha256_file(final) != entry.sha256:
+    key_name = folder.final_key(product.name)
+    if decision.action is Action.VERIFY and sha256_of(folder.storage, key_name) != entry.sha256:
         logger.warning("{} fails its sha256 check against the manifest; re-downloading", final)
         return None
     if decision.action is Action.ADOPT:
@@ -202,9 +236,11 @@ def adopted_entry(folder: YearFolder, product: Product, key: CacheKey) -> Manife
     """Validate a file that has no usable manifest entry, offline, and describe it (or None)."""
     from backend.jobs.dbnfile import scan
 
-    final = folder.final(product.name)
+    store, name = folder.storage, folder.final_key(product.name)
+    final = store.where(name)
     try:
-        summary = scan(final, product.record_size)
+        with store.reader(name) as source:
+            summary = scan(source, product.record_size)
     except CorruptFileError as exc:
         logger.warning("{} is unusable ({}); re-downloading", final, exc)
         return None
@@ -214,15 +250,30 @@ def adopted_entry(folder: YearFolder, product: Product, key: CacheKey) -> Manife
         return None
     span = TimeRange(summary.metadata.start, summary.metadata.end)
     recorded = key.recorded(span, "adopted")
-    return product_entry(final, request=recorded, merged=summary, parts=[], engine="adopted")
+    return product_entry(
+        folder.final(product.name), request=recorded, merged=summary, parts=[], engine="adopted"
+    )
 
 
-def check_destinations(pending: list[tuple[YearFolder, Product]]) -> None:
-    """Before any request: every final path can be written and no working folder is a link."""
+def check_room(work_root: Path, needed: int) -> None:
+    """A bucket's run writes its parts and merged files locally first: room for them, up front."""
+    import shutil
+
+    work_root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(work_root).free
+    if free < needed:
+        raise IngestError(
+            f"the work dir {work_root} has {free / 1e6:,.0f} MB free; this run needs up to "
+            f"{needed / 1e6:,.0f} MB there (parts and merged files before they are uploaded): "
+            "free some space or choose another --work-dir"
+        )
+
+
+def check_destinations(store: Store, pending: list[tuple[YearFolder, Product]]) -> None:
+    """Before any request: every final file can be written (a bucket: a write and delete probe
+    under the prefix) and no working folder is a link."""
+    store.check_writable([folder.final_key(product.name) for folder, product in pending])
     for folder, product in pending:
-        problem = writable_destination(folder.final(product.name))
-        if problem:
-            raise IngestError(f"cannot write {product.name}: {problem}")
         for working in (folder.path / PARTS_SUBDIR, folder.parts(product.name)):
             if working.is_symlink() or working.exists():
                 check_working_dir(working)
@@ -236,7 +287,7 @@ def fetch(
     progress: Progress | None,
     policy: RetryPolicy,
     stop: threading.Event,
-    data_dir: Path,
+    work_root: Path,
 ) -> Iterator[ProductResult]:
     """Download what the decision left to fetch (the caller holds the products' locks).
 
@@ -257,7 +308,7 @@ def fetch(
     batch = BatchEngine(
         request,
         client,
-        data_dir=data_dir,
+        data_dir=work_root,
         policy=policy,
         stop=stop,
         progress=progress,

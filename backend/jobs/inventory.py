@@ -1,10 +1,10 @@
-"""What the local cache holds, and whether it is intact. Local files only: no network, no SDK."""
+"""What the cache holds, and whether it is intact: its store only (a folder or a bucket), never
+Databento, no SDK."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from backend.jobs.cache import (
     DATASETS_SUBDIR,
@@ -14,10 +14,11 @@ from backend.jobs.cache import (
     YearFolder,
     folder_symbol,
 )
-from backend.jobs.dbnfile import read_metadata, sha256_file
+from backend.jobs.dbnfile import read_metadata
 from backend.jobs.decision import CacheKey, CacheState, OnDisk, cache_state
 from backend.jobs.errors import CorruptFileError, InvalidInputError
 from backend.jobs.plan import DATASET_PATTERN, PRODUCTS
+from backend.jobs.store import ObjectInfo, Store, sha256_of
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,8 @@ class CachedProduct:
     symbol: str
     year: int
     product: str
-    path: Path
+    path: str  # where it is: a local path or an s3:// URL
+    key: str  # below the data dir: raw/databento/...
     bytes: int | None
     records: int | None
     start: str | None
@@ -36,69 +38,82 @@ class CachedProduct:
     problem: str  # what is wrong with the file or its entry, "" when nothing
 
     def as_json(self) -> dict[str, object]:
-        return {**asdict(self), "path": str(self.path)}
+        return asdict(self)
 
 
-def _symbol_years(
-    data_dir: Path, dataset: str, root: Path, symbol: str | None, year: int | None
-) -> Iterator[YearFolder]:
-    for symbol_dir in sorted(root.iterdir()):
-        name = folder_symbol(symbol_dir.name)
-        hidden = symbol_dir.name.startswith(".") or symbol_dir.name == DATASETS_SUBDIR
-        if hidden or not symbol_dir.is_dir():
-            continue
-        if symbol is not None and name != symbol:
-            continue
-        for year_dir in sorted(symbol_dir.iterdir()):
-            wanted = year is None or year_dir.name == str(year)
-            if year_dir.is_dir() and year_dir.name.isascii() and year_dir.name.isdigit() and wanted:
-                yield YearFolder(data_dir, name, int(year_dir.name), dataset)
+def folder_of(key: str) -> tuple[str, str, int, str] | None:
+    """Pure: (dataset, symbol, year, file name) of a key in the layout; None for anything else
+    (working folders, locks, other files)."""
+    parts = PurePosixPath(key).parts
+    raw = RAW_SUBDIR.parts
+    if parts[: len(raw)] != raw:
+        return None
+    rest = parts[len(raw) :]
+    dataset = DEFAULT_DATASET
+    if rest and rest[0] == DATASETS_SUBDIR:
+        if len(rest) < 2 or not DATASET_PATTERN.match(rest[1]):
+            return None
+        dataset, rest = rest[1], rest[2:]
+    if len(rest) != 3 or any(part.startswith(".") for part in rest):
+        return None
+    symbol, year, name = rest
+    if not (year.isascii() and year.isdigit()):
+        return None
+    return dataset, folder_symbol(symbol), int(year), name
 
 
 def year_folders(
-    data_dir: Path, symbol: str | None, year: int | None, dataset: str | None = None
-) -> Iterator[YearFolder]:
-    """Every cached symbol-year, the default dataset first, then the others by name."""
-    root = data_dir / RAW_SUBDIR
-    if not root.is_dir():
-        return
-    if dataset in (None, DEFAULT_DATASET):
-        yield from _symbol_years(data_dir, DEFAULT_DATASET, root, symbol, year)
-    others = root / DATASETS_SUBDIR
-    if not others.is_dir():
-        return
-    for dataset_dir in sorted(others.iterdir()):
-        name = dataset_dir.name
-        if DATASET_PATTERN.match(name) and dataset_dir.is_dir() and dataset in (None, name):
-            yield from _symbol_years(data_dir, name, dataset_dir, symbol, year)
+    store: Store, symbol: str | None, year: int | None, dataset: str | None = None
+) -> dict[YearFolder, dict[str, ObjectInfo]]:
+    """Every cached symbol-year and its files (one listing), the default dataset first."""
+    found: dict[tuple[str, str, int], dict[str, ObjectInfo]] = {}
+    for info in store.listing(RAW_SUBDIR.as_posix()):
+        place = folder_of(info.key)
+        if place is None:
+            continue
+        where, name, when, file = place
+        if symbol not in (None, name) or year not in (None, when) or dataset not in (None, where):
+            continue
+        found.setdefault((where, name, when), {})[file] = info
+    ordered = sorted(found, key=lambda k: (k[0] != DEFAULT_DATASET, k[0], k[1], k[2]))
+    return {
+        YearFolder(Path(), name, when, where, store): found[(where, name, when)]
+        for where, name, when in ordered
+    }
 
 
 def cached_products(
-    data_dir: Path,
+    store: Store,
     symbol: str | None = None,
     year: int | None = None,
     dataset: str | None = None,
 ) -> list[CachedProduct]:
-    """Every product file or manifest entry under `data_dir`, each with its state."""
-    if not data_dir.is_dir():
+    """Every product file or manifest entry in the store, each with its state.
+
+    Sizes come from the listing; only manifests are read.
+    """
+    if not store.exists():
         raise InvalidInputError(
-            f"data dir {data_dir} does not exist: check --data-dir / DATA_DIR "
+            f"data dir {store.where('').rstrip('/')} does not exist: check --data-dir / DATA_DIR "
             "(nothing has been cached there yet)"
         )
-    from backend.jobs.manifest import Manifest
+    from backend.jobs.manifest import EMPTY, Manifest
 
     found = []
-    for folder in year_folders(data_dir, symbol, year, dataset):
-        content = Manifest.of(folder).load()
-        on_disk = {path.name.removesuffix(FINAL_SUFFIX) for path in folder.path.glob("*.dbn.zst")}
+    for folder, files in year_folders(store, symbol, year, dataset).items():
+        content = Manifest.of(folder).load() if "manifest.json" in files else EMPTY
+        on_disk = {name.removesuffix(FINAL_SUFFIX) for name in files if name.endswith(FINAL_SUFFIX)}
         names = on_disk | set(content.entries) | set(content.damaged) | set(content.raw_products)
         for product in sorted(names):
-            final = folder.final(product)
-            size = final.stat().st_size if final.is_file() else None
+            key = folder.final_key(product)
+            info = files.get(f"{product}{FINAL_SUFFIX}")
+            if info is None and product in content.entries:  # a folder there, not a file?
+                info = store.head(key)
+            size = info.size if info is not None and info.is_file else None
             entry = content.entries.get(product)
             facts = OnDisk(
                 size=size,
-                not_a_file=final.exists() and not final.is_file(),
+                not_a_file=info is not None and not info.is_file,
                 entry=entry,
                 damage=content.damage(product),
             )
@@ -114,7 +129,8 @@ def cached_products(
                     symbol=folder.symbol,
                     year=folder.year,
                     product=product,
-                    path=final,
+                    path=store.where(key),
+                    key=key,
                     bytes=size,
                     records=entry.records if entry else None,
                     start=entry.request.start if entry else None,
@@ -127,14 +143,18 @@ def cached_products(
     return found
 
 
-def verify_product(item: CachedProduct) -> str | None:
-    """None when the file hashes to its manifest entry and its DBN header decodes; else why not."""
+def verify_product(store: Store, item: CachedProduct) -> str | None:
+    """None when the file hashes to its manifest entry and its DBN header decodes; else why not.
+
+    The object is streamed through the hash: no local copy, whatever its size.
+    """
     if item.manifest != CacheState.OK:
         return f"{item.manifest}: {item.problem}" if item.problem else f"{item.manifest}"
-    if sha256_file(item.path) != item.sha256:
+    if sha256_of(store, item.key) != item.sha256:
         return "sha256 differs from the manifest"
     try:
-        read_metadata(item.path)
+        with store.reader(item.key) as source:
+            read_metadata(source)
     except CorruptFileError as exc:
         return str(exc)
     return None

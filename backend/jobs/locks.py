@@ -1,4 +1,5 @@
-"""One writer per dataset-symbol-year-product: kernel file locks that vanish with a dead process."""
+"""One writer per dataset-symbol-year-product: kernel file locks that vanish with a dead process,
+or leases in a bucket."""
 
 from __future__ import annotations
 
@@ -6,12 +7,10 @@ import contextlib
 import resource
 from collections.abc import Iterable, Iterator
 
-from filelock import FileLock, Timeout
-from loguru import logger
-
 from backend.jobs.cache import YearFolder
 from backend.jobs.errors import IngestError
 from backend.jobs.plan import Product
+from backend.jobs.store import LockRequest
 
 SPARE_FILES = 256  # descriptors kept free for connections, parts and logs
 
@@ -20,32 +19,22 @@ SPARE_FILES = 256  # descriptors kept free for connections, parts and logs
 def locked(items: Iterable[tuple[YearFolder, Product]], timeout_s: float) -> Iterator[None]:
     """Hold the lock of every (symbol-year folder, product) until the block ends.
 
-    Taken in one order (by lock path: folder, then product name) whatever the order asked, so
-    runs never deadlock on each other. Each lock holds a file descriptor open.
+    Taken in one order (by lock key: folder, then product name) whatever the order asked, so
+    runs never deadlock on each other: kernel file locks on local disk (each holds a file
+    descriptor open), leases in a bucket.
     """
-    paths = sorted(
-        {folder.lock(product.name): (folder, product) for folder, product in items}.items()
-    )
-    make_room_for(len(paths))
-    with contextlib.ExitStack() as stack:
-        for path, (folder, product) in paths:
-            folder.make_locks()
-            lock = FileLock(path)
-            try:
-                stack.enter_context(lock.acquire(timeout=0))
-            except Timeout:
-                logger.info(
-                    "another run is ingesting {} {} {}; waiting up to {:.0f}s for it",
-                    *(folder.symbol, folder.year, product.name, timeout_s),
-                )
-                try:
-                    stack.enter_context(lock.acquire(timeout=timeout_s))
-                except Timeout:
-                    raise IngestError(
-                        f"another run still holds the lock on {folder.symbol} {folder.year} "
-                        f"{product.name} after {timeout_s:.0f}s: "
-                        "wait for it or raise --lock-timeout"
-                    ) from None
+    wanted = list(items)
+    if not wanted:
+        yield
+        return
+    requests = {
+        folder.lock_key(product.name): LockRequest(
+            folder.lock_key(product.name), f"{folder.symbol} {folder.year} {product.name}"
+        )
+        for folder, product in wanted
+    }
+    make_room_for(len(requests))
+    with wanted[0][0].storage.locked(list(requests.values()), timeout_s):
         yield
 
 

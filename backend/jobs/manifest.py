@@ -1,7 +1,8 @@
 """manifest.json: what each cached file holds, read through one validating parser.
 
-The file is rewritten whole (temp file, fsync, rename) under its own lock, so products finished
-by concurrent runs never lose each other's entries. It never contains the API key. An entry of
+The file is rewritten whole and atomically, only if nobody wrote it since it was read (a
+conditional write through its store), so products finished by concurrent runs never lose each
+other's entries. It never contains the API key. An entry of
 the wrong shape is data, not a crash: it is reported as damaged, and the products it describes
 are treated as unrecorded (validated again, then adopted or fetched).
 """
@@ -15,14 +16,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.jobs.cache import publish, remove_stale_temps, temp_path_for
+from backend.jobs.errors import IngestError
 from backend.jobs.plan import TimeRange, format_ns, parse_timestamp_ns
+from backend.jobs.store import ConflictError
 
 if TYPE_CHECKING:
     from backend.jobs.cache import YearFolder
     from backend.jobs.chunks import Part
+    from backend.jobs.store import Store
 
 MANIFEST_FORMAT = 1
+RECORD_ATTEMPTS = 20
 TOOL_PACKAGE = "bento-ingest"
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -268,34 +272,41 @@ def parse_manifest(text: str, name: str = "manifest.json") -> ManifestContent:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The manifest of one dataset-symbol-year folder."""
+    """The manifest of one dataset-symbol-year folder, read and written through its store."""
 
-    path: Path
+    store: Store
+    key: str
     dataset: str
     symbol: str
     year: int
 
     @classmethod
     def of(cls, folder: YearFolder) -> Manifest:
-        return cls(folder.manifest, folder.dataset, folder.symbol, folder.year)
+        return cls(folder.storage, folder.manifest_key, folder.dataset, folder.symbol, folder.year)
 
     def load(self) -> ManifestContent:
         """The manifest as it is now; a missing one is empty."""
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        return self._parse(self.store.read(self.key))
+
+    def _parse(self, found: tuple[bytes, str] | None) -> ManifestContent:
+        if found is None:
             return EMPTY
+        try:
+            text = found[0].decode("utf-8")
         except UnicodeDecodeError:
-            return ManifestContent({}, {}, {}, f"{self.path.name} is not text")
-        return parse_manifest(text, self.path.name)
+            return ManifestContent({}, {}, {}, "manifest.json is not text")
+        return parse_manifest(text)
 
     def record(self, product: str, entry: ManifestEntry) -> None:
-        """Add or replace one product's entry; other products' entries are kept as they are."""
-        from filelock import FileLock
+        """Add or replace one product's entry; other products' entries are kept as they are.
 
-        with FileLock(self.path.with_name(".manifest.lock")):
-            remove_stale_temps(self.path.parent, self.path.name)
-            current = self.load()
+        Optimistic: read, merge, write only if nobody wrote in between (a lock beside a local
+        file, `If-Match` on the ETag in a bucket); on a conflict, read again and merge again,
+        so products finished by different runs or machines keep each other's entries.
+        """
+        for _ in range(RECORD_ATTEMPTS):
+            found = self.store.read(self.key)
+            current = self._parse(found)
             products = {} if current.problem else dict(current.raw_products)
             products[product] = entry.as_json()
             content = {
@@ -305,12 +316,16 @@ class Manifest:
                 "year": self.year,
                 "products": dict(sorted(products.items())),
             }
-            temp = temp_path_for(self.path)
+            data = (json.dumps(content, indent=2) + "\n").encode()
             try:
-                temp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-                publish(temp, self.path)
-            finally:
-                temp.unlink(missing_ok=True)
+                self.store.write(self.key, data, expected=found[1] if found else None)
+            except ConflictError:
+                continue
+            return
+        raise IngestError(
+            f"{self.store.where(self.key)} kept changing under {RECORD_ATTEMPTS} attempts to "
+            "record a product: run the same command again"
+        )
 
 
 def product_entry(

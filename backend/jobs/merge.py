@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from loguru import logger
 
-from backend.jobs.cache import ScratchFiles, publish
+from backend.jobs.cache import ScratchFiles
 from backend.jobs.chunks import Part
 from backend.jobs.client import RangeRequest
 from backend.jobs.dbnfile import HashingWriter, HeaderFields, PartFile, coalesce, encode_header
 from backend.jobs.plan import TimeRange
+
+if TYPE_CHECKING:
+    from backend.jobs.store import Store
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,11 @@ class MergedWriter:
         chunks: list[TimeRange],
         predicted: HeaderFields,
         scratch: ScratchFiles,
+        *,
+        destination: tuple[Store, str],
     ) -> None:
-        self.final = final
+        self.final = final  # local: written beside it, then published to `destination`
+        self.store, self.key = destination
         self.request = request
         self.scratch = scratch
         self.parts: list[Part] = []
@@ -127,7 +133,7 @@ class MergedWriter:
         last_ts = stamps[-1].last_ts_recv if stamps else None
         if self._as_served:
             only = parts[0]
-            publish(only.path, self.final)
+            self.store.publish(only.path, self.key)
             return MergedFile(
                 self.final, only.summary.bytes, only.summary.sha256, records, first_ts, last_ts
             )
@@ -138,7 +144,7 @@ class MergedWriter:
         header = encode_header(self.request, header_from_parts(parts, self.request.span))
         if header != self._header:
             sink = self._rewrite(header)
-        publish(self._temp, self.final)
+        self.store.publish(self._temp, self.key)
         digest = sink.sha256.hexdigest()
         return MergedFile(self.final, sink.bytes, digest, records, first_ts, last_ts)
 

@@ -8,10 +8,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from backend.jobs.engines import Engine, parse_engine
 from backend.jobs.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from backend.jobs.store import Store
 
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 API_KEY_ENV = "DATABENTO_API_KEY"
@@ -49,6 +53,11 @@ class Settings:
     max_cost_flag: float | None = None
     max_cost_env: str = ""
     engine_env: str = ""
+    data_url: str | None = None  # the data dir as a URL (s3://bucket/prefix)
+    work_dir: Path | None = None  # --work-dir: local scratch of a bucket's run
+    cache_home: Path = Path("~/.cache")  # XDG_CACHE_HOME: the default work dir lives there
+    aws_http_endpoint: bool = False  # AWS_ENDPOINT_URL is plain http (a local S3 server)
+    aws_profile: bool = False  # credentials come from ~/.aws profiles (boto3's chain)
 
     @classmethod
     def from_env(
@@ -58,20 +67,60 @@ class Settings:
         gateway: str | None = None,
         data_dir: str | Path | None = None,
         max_cost: float | None = None,
+        work_dir: str | None = None,
     ) -> Settings:
         """Flags win over the environment, which wins over the defaults; empty means unset."""
         env = os.environ if environ is None else environ
         key = env.get(API_KEY_ENV, "").strip()
         folder = str(data_dir or "").strip() or env.get("DATA_DIR", "").strip()
         gateway_text = (gateway or "").strip() or env.get("DATABENTO_GATEWAY", "").strip()
+        url = folder if "://" in folder else None
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
         return cls(
             api_key=Secret(key) if key else None,
-            data_dir=Path(folder).expanduser() if folder else REPO_DATA_DIR,
+            data_dir=Path(folder).expanduser() if folder and not url else REPO_DATA_DIR,
             gateway_text=gateway_text or None,
             max_cost_flag=max_cost,
             max_cost_env=env.get("DATABENTO_MAX_COST", "").strip(),
             engine_env=env.get("DATABENTO_ENGINE", "").strip(),
+            data_url=url,
+            work_dir=Path(work_dir.strip()).expanduser() if (work_dir or "").strip() else None,
+            aws_http_endpoint=endpoint.strip().lower().startswith("http://"),
+            aws_profile=uses_aws_profile(env),
+            cache_home=Path(env.get("XDG_CACHE_HOME") or "~/.cache").expanduser(),
         )
+
+    def location(self) -> tuple[Store, Path]:
+        """Where the cache lives, and the local folder for its parts and temporary files.
+
+        A local data dir keeps its parts beside its files; a bucket's go to --work-dir
+        (default: a cache folder of this user), one folder per bucket and prefix.
+        """
+        from backend.jobs.store import LocalStore
+
+        if self.data_url is None:
+            if self.work_dir is not None:
+                raise InvalidInputError(
+                    "--work-dir is for s3:// data dirs: a local data dir keeps its parts beside "
+                    "its files; drop --work-dir or point --data-dir at a bucket"
+                )
+            return LocalStore(self.data_dir), self.data_dir
+        if not self.data_url.startswith("s3://"):
+            raise InvalidInputError(
+                f"data dir {self.data_url!r} is neither a local folder nor s3://BUCKET/PREFIX "
+                "(the only object store this tool writes to): fix --data-dir / DATA_DIR"
+            )
+        from backend.jobs.s3store import LEASE_TTL_S, S3Store, split_url
+
+        bucket, prefix = split_url(self.data_url)
+        store = S3Store(
+            self.data_url,
+            allow_http=self.aws_http_endpoint,
+            profile=self.aws_profile,
+            lease_ttl_s=LEASE_TTL_S,
+        )
+        work = (self.work_dir or self.cache_home / "bento-ingest" / "work") / bucket / prefix
+        return store, work
 
     def require_key(self) -> Secret:
         from backend.jobs.errors import CredentialsError
@@ -104,6 +153,20 @@ class Settings:
         except ValueError:
             value = math.nan
         return valid_budget(value, f"DATABENTO_MAX_COST={self.max_cost_env!r}")
+
+
+def uses_aws_profile(env: Mapping[str, str]) -> bool:
+    """Whether S3 credentials must come from ~/.aws profiles rather than the environment or the
+    instance: then boto3's credential chain is used (slower to start, so only then)."""
+    if env.get("AWS_PROFILE"):
+        return True
+    if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
+        return False
+    files = (
+        env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials",
+        env.get("AWS_CONFIG_FILE") or "~/.aws/config",
+    )
+    return any(Path(name).expanduser().is_file() for name in files)
 
 
 def valid_budget(value: float, source: str) -> float:
