@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -40,6 +41,8 @@ LEASE_TTL_S = 60.0  # a lease not renewed for this long may be taken over by ano
 LEASE_WAIT_POLL_S = 1.0
 STORE_RETRIES = 3
 STORE_RETRY_TIMEOUT_S = 15
+S3_CODE = re.compile(r"<Code>([^<]*)</Code>")
+S3_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -137,6 +140,8 @@ class S3Store:
         except obstore.exceptions.NotFoundError:
             return False
         except Exception as exc:  # noqa: BLE001  obstore's errors, one line to the user
+            if "NoSuchBucket" in str(exc):
+                return False
             raise self._failed(exc, "list") from None
         return True
 
@@ -298,7 +303,12 @@ class S3Store:
     def _failed(self, exc: BaseException, action: str) -> IngestError:
         """One line for a storage error; credentials never appear in obstore's or boto3's text."""
         name = type(exc).__name__
-        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else name
+        raw = str(exc)
+        code, message = S3_CODE.search(raw), S3_MESSAGE.search(raw)
+        if code:  # the S3 error document: its code and message say it best
+            text = f"{code[1]}: {message[1] if message else ''}".strip(": ")
+        else:
+            text = raw.strip().splitlines()[0][:300] if raw.strip() else name
         where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         if "NotFound" in name or "NoSuchBucket" in text:
             hint = f"does the bucket {self.bucket} exist at this endpoint (AWS_ENDPOINT_URL)?"
@@ -306,7 +316,7 @@ class S3Store:
             hint = "check the AWS credentials and the bucket's permissions"
         else:
             hint = "check AWS_ENDPOINT_URL, the network and the bucket"
-        return IngestError(f"cannot {action} in {where} ({name}: {text}): {hint}")
+        return IngestError(f"cannot {action} in {where} ({text}): {hint}")
 
     # leases
 
