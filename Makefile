@@ -12,7 +12,7 @@ universe = $(if $(SYMBOL),--symbol "$(SYMBOL)") $(if $(YEAR),--year "$(YEAR)") \
 flags = $(if $(call truthy,$(FORCE)),--force) $(if $(call truthy,$(DRY_RUN)),--dry-run) \
 	$(if $(DATASET),--dataset "$(DATASET)") $(if $(ENGINE),--engine "$(ENGINE)")
 
-.PHONY: data demo test lint status verify bench clean-venv
+.PHONY: data demo demo-s3 test lint status verify bench clean-venv
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ data: $(READY)
 
 demo: $(READY)
 	$(BIN)/invoke demo
+
+demo-s3: $(READY)
+	$(BIN)/invoke demo --s3
 
 test: $(READY)
 	$(BIN)/invoke test

@@ -84,10 +84,10 @@ def verify(c, symbol="", year=""):
     _run(c, f"{CLI} verify {_options(symbol=symbol, year=year)}")
 
 
-@task
-def demo(c):
+@task(help={"s3": "into a bucket of a local S3 server instead of data/demo/"})
+def demo(c, s3=False):
     """Run the real job offline against the bundled sandbox gateway, into data/demo/."""
-    _run(c, f"{PYTHON} -m backend.demo")
+    _run(c, f"{PYTHON} -m backend.demo{' --s3' if s3 else ''}")
 
 
 @task

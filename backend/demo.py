@@ -2,10 +2,14 @@
 
 Starts the sandbox in a subprocess, runs a dry run, the download, a cached re-run, `status` and
 `verify` into data/demo/ (never the real cache), shows what the files hold, stops the sandbox.
+
+`make demo-s3` (`--s3`): the same into a bucket of a local S3 server (moto, on a loopback port),
+`--data-dir s3://bento-demo/cache`, with data/demo-work/ as the local scratch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -15,8 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from backend.sandbox.s3server import LocalS3Server
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "data" / "demo"
+DEMO_WORK = REPO / "data" / "demo-work"
+DEMO_BUCKET, DEMO_PREFIX = "bento-demo", "cache"
 SYMBOL, YEAR = "AAPL", "2023"
 RECORDS_PER_DAY = 2_000
 STARTUP_TIMEOUT_S = 30
@@ -57,26 +65,45 @@ def stamp(ns: int) -> str:
     return format_ns(int(ns))
 
 
-def describe(folder: Path) -> None:
+def describe(where: str, files: dict[str, bytes]) -> None:
     """What a downstream user sees, read back with the SDK itself."""
     import databento
 
-    print(f"\nFiles in {folder.relative_to(REPO)}:")
-    for path in sorted(folder.glob("*.dbn.zst")):
-        store = databento.DBNStore.from_bytes(path.read_bytes())
+    print(f"\nFiles in {where}:")
+    for name, body in sorted(files.items()):
+        if not name.endswith(".dbn.zst"):
+            continue
+        store = databento.DBNStore.from_bytes(body)
         ts_recv = store.to_ndarray()["ts_recv"]
         first, last = (stamp(ts_recv[0]), stamp(ts_recv[-1])) if len(ts_recv) else ("-", "-")
         print(
-            f"  {path.name:<16} {path.stat().st_size:>12,} bytes  {len(ts_recv):>9,} records  "
+            f"  {name:<16} {len(body):>12,} bytes  {len(ts_recv):>9,} records  "
             f"schema={store.schema}  ts_recv {first} .. {last}"
         )
-    print(f"  manifest.json    {(folder / 'manifest.json').stat().st_size:>12,} bytes")
+    print(f"  manifest.json    {len(files['manifest.json']):>12,} bytes")
+
+
+def local_files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+
+
+def bucket_files(s3: LocalS3Server, prefix: str) -> dict[str, bytes]:
+    client = s3.client()
+    listed = client.list_objects_v2(Bucket=DEMO_BUCKET, Prefix=prefix)
+    return {
+        item["Key"].rsplit("/", 1)[-1]: client.get_object(Bucket=DEMO_BUCKET, Key=item["Key"])[
+            "Body"
+        ].read()
+        for item in listed.get("Contents", [])
+    }
 
 
 def main() -> int:
+    use_s3 = "--s3" in sys.argv[1:]
     shutil.rmtree(DEMO_DIR / "raw", ignore_errors=True)
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="sandbox-") as state:
+    with contextlib.ExitStack() as stack:
+        state = stack.enter_context(tempfile.TemporaryDirectory(prefix="sandbox-"))
         server, gateway = start_sandbox(Path(state))
         ca = str(Path(state) / "ca.pem")
         env = {
@@ -87,8 +114,16 @@ def main() -> int:
             "SSL_CERT_FILE": ca,
             "DATA_DIR": str(DEMO_DIR),
         }
+        common = ["--symbol", SYMBOL, "--year", YEAR]
+        s3 = None
+        if use_s3:
+            s3 = stack.enter_context(LocalS3Server())
+            s3.create_bucket(DEMO_BUCKET)
+            env.update(s3.env(), DATA_DIR=f"s3://{DEMO_BUCKET}/{DEMO_PREFIX}")
+            shutil.rmtree(DEMO_WORK, ignore_errors=True)
+            common += ["--work-dir", str(DEMO_WORK)]
+            print(f"local S3 server at {s3.endpoint}, bucket {DEMO_BUCKET}", flush=True)
         try:
-            common = ["--symbol", SYMBOL, "--year", YEAR]
             steps = [
                 ("what would it cost?", ["data", *common, "--dry-run"]),
                 ("download, chunked and merged", ["data", *common]),
@@ -101,7 +136,13 @@ def main() -> int:
                 if code:
                     print(f"demo: step '{step}' exited {code}", file=sys.stderr)
                     return code
-            describe(DEMO_DIR / "raw" / "databento" / SYMBOL / YEAR)
+            relative = f"raw/databento/{SYMBOL}/{YEAR}"
+            if s3 is not None:
+                where = f"s3://{DEMO_BUCKET}/{DEMO_PREFIX}/{relative}"
+                describe(where, bucket_files(s3, f"{DEMO_PREFIX}/{relative}/"))
+            else:
+                folder = DEMO_DIR / relative
+                describe(str(folder.relative_to(REPO)), local_files(folder))
         finally:
             server.terminate()
             server.wait(timeout=10)
