@@ -238,8 +238,10 @@ def test_a_stale_multipart_upload_is_aborted(gateway, s3, cli, tmp_path):
 
 
 @pytest.fixture
-def s3_process_env(slow_gateway, s3) -> dict[str, str]:
-    return {**slow_gateway.env, **s3.env(), "PYTHONUNBUFFERED": "1"}
+def s3_process_env(gateway, s3) -> dict[str, str]:
+    """For CLI subprocesses; every get_range answer waits 0.3 s, so a run can be caught at work."""
+    gateway.latency_s = 0.3
+    return {**os.environ, **s3.env(), "PYTHONUNBUFFERED": "1"}
 
 
 def command(work: Path) -> list[str]:
@@ -249,13 +251,13 @@ def command(work: Path) -> list[str]:
     ]
 
 
-def test_two_machines_on_one_prefix_download_once(slow_gateway, s3, s3_process_env, tmp_path):
+def test_two_machines_on_one_prefix_download_once(gateway, s3, s3_process_env, tmp_path):
     """Separate scratch, one prefix: the second waits on the lease, then finds it cached."""
     first = subprocess.Popen(
         command(tmp_path / "a"), env=s3_process_env, stdout=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 20
-    while slow_gateway.count(GET_RANGE) == 0 and time.monotonic() < deadline:
+    while gateway.count(GET_RANGE) == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     second = subprocess.run(
         command(tmp_path / "b"),
@@ -270,11 +272,11 @@ def test_two_machines_on_one_prefix_download_once(slow_gateway, s3, s3_process_e
     assert second.returncode == 0, second.stderr
     statuses = {completions(out)[0]["status"], completions(second.stdout)[0]["status"]}
     assert statuses == {"downloaded", "skipped"}
-    assert slow_gateway.count(GET_RANGE) == 12
+    assert gateway.count(GET_RANGE) == 12
 
 
 def test_kill_9_leaves_no_partial_object_and_the_rerun_completes(
-    slow_gateway, s3, s3_process_env, tmp_path
+    gateway, s3, s3_process_env, tmp_path
 ):
     process = subprocess.Popen(
         command(tmp_path / "work"),
@@ -283,7 +285,7 @@ def test_kill_9_leaves_no_partial_object_and_the_rerun_completes(
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
-    while slow_gateway.count(GET_RANGE) < 3 and time.monotonic() < deadline:
+    while gateway.count(GET_RANGE) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
