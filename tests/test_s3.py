@@ -251,6 +251,12 @@ def command(work: Path) -> list[str]:
     ]
 
 
+def run_to_the_end(work: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command(work), env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def test_two_machines_on_one_prefix_download_once(gateway, s3, s3_process_env, tmp_path):
     """Separate scratch, one prefix: the second waits on the lease, then finds it cached."""
     first = subprocess.Popen(
@@ -259,14 +265,7 @@ def test_two_machines_on_one_prefix_download_once(gateway, s3, s3_process_env, t
     deadline = time.monotonic() + 20
     while gateway.count(GET_RANGE) == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    second = subprocess.run(
-        command(tmp_path / "b"),
-        env=s3_process_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    second = run_to_the_end(tmp_path / "b", s3_process_env)
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 0
     assert second.returncode == 0, second.stderr
@@ -290,14 +289,7 @@ def test_kill_9_leaves_no_partial_object_and_the_rerun_completes(
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert TRADES_KEY not in keys(s3)
-    rerun = subprocess.run(
-        command(tmp_path / "work"),
-        env=s3_process_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    rerun = run_to_the_end(tmp_path / "work", s3_process_env)
     assert rerun.returncode == 0, rerun.stderr
     assert TRADES_KEY in keys(s3)
     assert s3.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []

@@ -41,14 +41,9 @@ class JobRequest:
 
     def submit_params(self) -> dict[str, Any]:
         return {
-            "dataset": self.dataset,
-            "symbols": list(self.symbols),
-            "schema": self.schema,
-            "start": self.span.start,
-            "end": self.span.end,
+            **self.as_json(),
             "encoding": "dbn",
             "compression": "zstd",
-            "split_duration": self.split_duration,
             "split_symbols": False,
             "stype_in": STYPE_IN,
             "stype_out": STYPE_OUT,
