@@ -1,10 +1,12 @@
-"""The use case: decide from local files, answer what is cached, then preflight and fetch the rest.
+"""The use case: decide from the cache, answer what is cached, then preflight and fetch the rest.
 
-1. Under the products' locks (dry runs only read), one pure decision per product from what is on
-   disk: skip, verify, adopt or fetch (`decision.decide`). No network, no key, no budget yet.
-2. Verify and adopt are answered offline; a file that fails them joins the products to fetch.
-3. Only if something must be fetched: destinations checked, key, budget setting, preflight
-   (metadata calls), budget check, then the download.
+1. One pure decision per product from what the cache's store holds (sizes and the manifest,
+   never a file's body): skip, verify, adopt or fetch (`decision.decide`). A plain skip needs no
+   lock; the others are decided again under the products' locks (dry runs only read). No
+   Databento, no key, no budget yet.
+2. Verify and adopt are answered without Databento; a file that fails them is fetched.
+3. Only if something must be fetched: destinations checked (a bucket: a write probe), key,
+   budget setting, preflight (metadata calls), budget check, room in the work dir, download.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def run_ingest(
             )
             if not request.dry_run:
                 check_budget(plan, budget)
-                if work_root != settings.data_dir:
+                if settings.data_url is not None:
                     check_room(work_root, plan.estimated_bytes)
                 try:
                     for result in fetch(
