@@ -302,3 +302,15 @@ def test_the_api_key_goes_only_to_databento_over_https(url, tmp_path):
     with pytest.raises(IngestError, match="not sending the API key"):
         client.download_file(file, tmp_path / "f.partial", "JOB")
     assert not (tmp_path / "f.partial").exists()
+
+
+def test_files_of_unexpected_periods_are_merged_after_the_download(
+    gateway, cli, data_dir, tmp_path
+):
+    """Weekly files start on Sundays (Databento's weeks), not where --chunk week would cut:
+    the files are ordered by their own headers and merged once all are in."""
+    result = run_batch(cli, "--chunk", "week")
+    assert result.exit_code == 0, result.output
+    assert gateway.batch_jobs()[0]["split_duration"] == "week"
+    single = plain_get_range(gateway, ["AAPL"], tmp_path / "single.dbn.zst")
+    assert decompressed(year_folder(data_dir) / "TRADES.dbn.zst") == decompressed(single)

@@ -218,6 +218,9 @@ class JobRun:
     parts: dict[str, list[Part]] = field(default_factory=dict)  # symbol -> parts
     records: int | None = 0  # records in the job's data files (None: not all were counted)
     pending: int = 0  # data files not yet checked
+    # symbol -> its final file, merged as the files land when they are the expected periods
+    writers: dict[str, MergedWriter] = field(default_factory=dict)
+    as_expected: bool = True
     next_poll: float = 0.0
     interval: float = POLL_FIRST_S
 
@@ -370,6 +373,10 @@ class BatchEngine:
                         part = parts[member.symbol]
                         run.parts.setdefault(member.symbol, []).append(part)
                         self.progress.advance(member.product.name, part.summary.bytes)
+                        writer = run.writers[member.symbol]
+                        run.as_expected = run.as_expected and writer.expects(part.request.span)
+                        if run.as_expected:
+                            writer.add(part)
                     run.pending -= 1
                     if run.pending == 0:
                         yield from self._finish(run, scratch, started)
@@ -379,6 +386,9 @@ class BatchEngine:
             raise
         finally:
             pool.shutdown(wait=False)
+            for run in self.runs:
+                for writer in run.writers.values():
+                    writer.discard()
 
     def _next_finished(self, fetching: dict[Future[Any], JobRun], timeout: float | None) -> set:
         """Files finished within `timeout` (None: wait for one); a stopped run raises."""
@@ -436,6 +446,7 @@ class BatchEngine:
             self.progress.start(
                 member.product.name, member.folder.parts(member.product.name), len(data)
             )
+            run.writers[member.symbol] = self._writer(member, run.group.chunks, scratch)
         for file in data:
             future = pool.submit(self._fetch_file, run, file, scratch)
             fetching[future] = run
@@ -567,21 +578,13 @@ class BatchEngine:
                     f"batch job {run.job_id}: the files of {member.symbol} do not cover "
                     f"{member.span} exactly ({len(spans)} files)"
                 )
-            whole = RangeRequest(
-                self.request.dataset, (member.symbol,), member.product.schema, member.span
-            )
-            name = member.product.name
-            writer = MergedWriter(
-                member.folder.final(name),
-                whole,
-                spans,
-                member.header,
-                scratch,
-                destination=(member.folder.storage, member.folder.final_key(name)),
-            )
-            try:
+            writer = run.writers[member.symbol]
+            if not run.as_expected:  # files of other periods than expected: merged now
+                writer.discard()
+                writer = run.writers[member.symbol] = self._writer(member, spans, scratch)
                 for part in parts:
                     writer.add(part)
+            try:
                 result = finish_product(
                     self.request, member=member, writer=writer, started=started, batch=batch
                 )
@@ -590,6 +593,23 @@ class BatchEngine:
             self.progress.finish(member.product.name)
             yield result
         self._drop_job_files(run)
+
+    def _writer(
+        self, member: ProductPlan, chunks: list[TimeRange], scratch: ScratchFiles
+    ) -> MergedWriter:
+        """The member's final file, made of `chunks` (the job's files, in time order)."""
+        name = member.product.name
+        whole = RangeRequest(
+            self.request.dataset, (member.symbol,), member.product.schema, member.span
+        )
+        return MergedWriter(
+            member.folder.final(name),
+            whole,
+            chunks,
+            member.header,
+            scratch,
+            destination=(member.folder.storage, member.folder.final_key(name)),
+        )
 
     def _drop_job_files(self, run: JobRun) -> None:
         """Remove the job's downloads unless another symbol-year still counts on them."""

@@ -103,6 +103,10 @@ class MergedWriter:
         self._handle: BinaryIO | None = None
         self._sink: HashingWriter | None = None
 
+    def expects(self, span: TimeRange) -> bool:
+        """Whether `span` is one of the chunks this file is made of."""
+        return span in self._position
+
     def add(self, part: Part) -> None:
         """Take a finished part; append every part that is now next in line."""
         self.parts.append(part)
