@@ -7,6 +7,7 @@ Prints scenario | ours | baseline | ratio | target | met? and writes bench/resul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -30,7 +31,7 @@ def _parse() -> argparse.Namespace:
         "--only", type=int, action="append", choices=sorted(SCENARIOS), help="run scenario N"
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs per download (median)")
-    parser.add_argument("--cached-runs", type=int, default=None, help="runs for scenario 4")
+    parser.add_argument("--cached-runs", type=int, default=None, help="runs for scenarios 4 and 13")
     return parser.parse_args()
 
 
@@ -81,10 +82,11 @@ def main() -> None:
     rows: list[Row] = []
     scenario_s: dict[str, float] = {}
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-") as work:
+    with tempfile.TemporaryDirectory(prefix="bench-") as work, contextlib.ExitStack() as stack:
         bench = Bench(
             Path(work), log, quick=args.quick, repeat=args.repeat, cached_runs=cached_runs
         )
+        stack.callback(bench.close)  # its servers stop before their folders go
         for number in chosen:
             print(f"scenario {number} ...", end=" ", flush=True)
             begun = time.monotonic()
@@ -118,6 +120,11 @@ def main() -> None:
                 "processing_s": scenarios.BATCH_PROCESSING_S,
                 "jobs": scenarios.BATCH_JOBS,
                 "kill_fraction": scenarios.BATCH_KILL_FRACTION,
+            },
+            "s3": {
+                "throttle_bytes_per_s": scenarios.S3_THROTTLE_BYTES_PER_S,
+                "data_dir": f"s3://{scenarios.S3_BUCKET}/{scenarios.S3_PREFIX}",
+                "server": "moto in server mode, its own process (bench.s3_server)",
             },
         },
         "rows": [asdict(row) for row in rows],

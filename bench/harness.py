@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -257,19 +258,30 @@ def _server(
     argv: list[str], state_dir: Path, *, start_timeout_s: float = SERVER_START_TIMEOUT_S
 ) -> Iterator[Gateway]:
     """Run a sandbox server process until the block ends (SIGTERM, then SIGKILL after 15 s)."""
+    with _serving(argv, state_dir, "gateway", start_timeout_s) as (_, address):
+        yield Gateway(address.strip(), state_dir / "ca.pem")
+
+
+@contextlib.contextmanager
+def _serving(
+    argv: list[str], state_dir: Path, ready_file: str, start_timeout_s: float
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Run a server process (output to state_dir/server.log) until the block ends (SIGTERM,
+    then SIGKILL after 15 s); yields it and the text of state_dir/ready_file, which it writes
+    atomically once it serves."""
     log = state_dir / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen(
             argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        address_file = state_dir / "gateway"  # written last, atomically
+        ready = state_dir / ready_file  # written last, atomically
         deadline = time.monotonic() + start_timeout_s
-        while not address_file.exists():
+        while not ready.exists():
             if server.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"the sandbox gateway did not start; see {log}")
+                raise BenchError(f"{' '.join(argv[1:4])} did not start; see {log}")
             time.sleep(0.05)
-        yield Gateway(address_file.read_text().strip(), state_dir / "ca.pem")
+        yield server, ready.read_text()
     finally:
         server.terminate()
         try:
@@ -279,11 +291,78 @@ def _server(
             server.wait()
 
 
+S3_REQUESTS_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """The local S3 server process (`python -m bench.s3_server serve`) and its bucket."""
+
+    bucket: str
+    state_dir: Path
+    aws: dict[str, str]  # the standard AWS variables that reach it
+    pid: int
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        """`base` (e.g. Gateway.env()) with the AWS configuration of this server only."""
+        dropped = {"AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"}
+        return {key: value for key, value in base.items() if key not in dropped} | self.aws
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request it received so far, in order (method, bucket, key, query, reads_body,
+        at_ns: arrival, done_ns: answer ready): it writes them on SIGUSR1; waits for a dump
+        written after the signal."""
+        path = self.state_dir / "s3-requests.json"
+        asked = time.time_ns()
+        os.kill(self.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + S3_REQUESTS_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if path.exists():
+                dump = json.loads(path.read_text())
+                if dump["as_of_ns"] >= asked:
+                    return dump["requests"]
+            time.sleep(0.05)
+        raise BenchError(f"the S3 server wrote no request log; see {self.state_dir}/server.log")
+
+    def same_object(self, key: str, file: Path) -> dict[str, Any]:
+        """Whether object `key` equals `file` byte for byte, compared in another process
+        (boto3, streamed in blocks): equal, object_bytes, file_bytes, first_difference."""
+        argv = [PYTHON, "-m", "bench.s3_server", "same", "--bucket", self.bucket]
+        argv += ["--key", key, "--file", str(file)]
+        env = self.env(dict(os.environ))
+        done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"comparing s3://{self.bucket}/{key} failed: {done.stderr[-2000:]}")
+        return json.loads(done.stdout)
+
+
+@contextlib.contextmanager
+def s3_server(state_dir: Path, *, bucket: str) -> Iterator[S3Server]:
+    """A fresh local S3 server process with `bucket` created, until the block ends."""
+    state_dir.mkdir(parents=True)
+    argv = [PYTHON, "-m", "bench.s3_server", "serve", "--state-dir", str(state_dir)]
+    argv += ["--bucket", bucket]
+    with _serving(argv, state_dir, "s3.json", SERVER_START_TIMEOUT_S) as (server, ready):
+        yield S3Server(bucket, state_dir, json.loads(ready), server.pid)
+
+
 def ours_argv(
-    data_dir: Path, *, force: bool, engine: str | None = None, jobs: int | None = None
+    data_dir: Path | str,
+    *,
+    force: bool,
+    engine: str | None = None,
+    jobs: int | None = None,
+    work_dir: Path | None = None,
 ) -> list[str]:
+    """Our CLI on the AAPL 2023 trades; `data_dir` a folder or an s3:// URL (a str: a Path
+    would fold its `//`), `work_dir` the local scratch of a bucket's run."""
     argv = [PYTHON, "-m", "backend.jobs.cli", "data", "--symbol", "AAPL", "--year", "2023"]
     argv += ["--products", "trades", "--data-dir", str(data_dir)]
+    if work_dir is not None:
+        argv += ["--work-dir", str(work_dir)]
     if engine is not None:
         argv += ["--engine", engine]
     if jobs is not None:

@@ -4,10 +4,13 @@
 symbols SYM000... (`python -m bench.universe_sandbox`), with the query latency and per-connection
 bandwidth of a remote service. 8-10: the same AAPL year through `--engine batch` (a Databento
 batch job, its files downloaded) against `--engine stream`, at a remote service's bandwidth.
+11-13: the same AAPL year into an S3 bucket (`--data-dir s3://...`, a local S3 server in its own
+process: `python -m bench.s3_server`) against a local data dir, at a remote service's bandwidth.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -15,6 +18,7 @@ import shutil
 import statistics
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ from bench.harness import (
     Finished,
     Gateway,
     Measurement,
+    S3Server,
     import_argv,
     loop_argv,
     measure,
@@ -36,6 +41,7 @@ from bench.harness import (
     ours_argv,
     plain_argv,
     run_watched,
+    s3_server,
     sandbox,
     sandbox_batch_jobs,
     server_request_log,
@@ -71,6 +77,15 @@ BATCH_JOBS = 4  # --jobs: files (or chunks) downloaded at once
 BATCH_RATIO_TARGET = 1.2  # batch wall excluding the wait for the job, over stream wall
 BATCH_KILL_FRACTION = 0.5  # scenario 9: SIGKILL once this much of the job's bytes is on disk
 SUBMIT, LIST_FILES, DOWNLOAD = "batch.submit_job", "batch.list_files", "batch/download"
+
+# An S3 bucket as the data dir (scenarios 11-13): the AAPL year of 1-4, the same bandwidth as 8-10.
+S3_THROTTLE_BYTES_PER_S = 10_000_000  # per connection
+S3_BUCKET, S3_PREFIX = "bench", "cache"
+S3_WALL_TARGET = 1.3  # s3 wall over local wall, downloading the year
+S3_RSS_LIMIT_MB = 250.0
+S3_CACHED_TARGET = 3.0  # s3 cached re-run over the local cached re-run (medians)
+TRADES_KEY = "raw/databento/AAPL/2023/TRADES.dbn.zst"
+MANIFEST_NAME = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -114,8 +129,30 @@ class EngineRun:
         return self.run.wall_s - self.wait_s
 
 
+@dataclass(frozen=True)
+class StoreRun:
+    """Our CLI over the AAPL year into one kind of data dir ("s3" or "local"): its median run,
+    the data dir as passed (an s3:// URL or a folder), where the final file is, and the
+    `--work-dir` of a bucket's run."""
+
+    run: Measurement
+    data_dir: str
+    trades: Path | str  # the local file, or the object's key in the bucket
+    work_dir: Path | None
+    upload_s: float = 0.0  # median: from the first upload request to CompleteMultipartUpload
+    complete_s: float = 0.0  # median: the S3 server's time answering CompleteMultipartUpload
+
+    @property
+    def excluding_complete_s(self) -> float:
+        return self.run.wall_s - self.complete_s
+
+
 class Bench:
-    """Runs scenarios, sharing the downloads they have in common (memoized by volume)."""
+    """Runs scenarios, sharing the downloads they have in common (memoized by volume).
+
+    The local S3 server of scenarios 11-13 lives until `close()`: the cached re-runs of 13 read
+    what 11 uploaded.
+    """
 
     def __init__(self, work: Path, log: Path, *, quick: bool, repeat: int, cached_runs: int):
         self.work, self.log = work, log
@@ -124,7 +161,15 @@ class Bench:
         self._ours: dict[int, tuple[Measurement, Path]] = {}
         self._universe: dict[tuple[str, int, bool], UniverseRun] = {}
         self._engine: dict[tuple[str, int], EngineRun] = {}
+        self._store: dict[tuple[str, int], StoreRun] = {}
+        self._s3: S3Server | None = None
+        self._s3_stack = contextlib.ExitStack()
         self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        """Stop the local S3 server, if one runs."""
+        self._s3_stack.close()
+        self._s3 = None
 
     def records_per_day(self, gib: float) -> int:
         return round(RECORDS_PER_GIB * gib / (QUICK_DIVISOR if self.quick else 1))
@@ -223,23 +268,34 @@ class Bench:
         name = f"3. peak RSS ours, {self.volume(big_rpd)} (ours) vs {self.volume(small_rpd)} (base)"
         return [Row(name, _mb(big), _mb(small), ratio, "<= 1.10, <= 200 MB", met)]
 
+    def _no_gateway_env(self) -> dict[str, str]:
+        """No gateway listens there: a request would fail the run instead of going unnoticed."""
+        return Gateway("127.0.0.1:9", self.work / "no-ca.pem").env()
+
+    def _interleaved(
+        self, commands: list[tuple[list[str], dict[str, str]]]
+    ) -> list[list[Measurement]]:
+        """Each (argv, env) once to warm up (bytecode and file caches), then `cached_runs`
+        rounds of all of them, interleaved so drifting load hits each alike: runs per command."""
+        for argv, env in commands:
+            measure(argv, env=env, log=self.log)
+        runs: list[list[Measurement]] = [[] for _ in commands]
+        for _ in range(self.cached_runs):
+            for (argv, env), mine in zip(commands, runs, strict=True):
+                mine.append(measure(argv, env=env, log=self.log))
+        return runs
+
     def cached_rerun(self) -> list[Row]:
         _, data_dir = self.ours(self.records_per_day(1))
-        # No gateway listens there: a request would fail the run instead of going unnoticed.
-        env = Gateway("127.0.0.1:9", self.work / "no-ca.pem").env()
+        env = self._no_gateway_env()
         ours_cmd, import_cmd = ours_argv(data_dir, force=False), import_argv()
-        for argv in (ours_cmd, import_cmd):  # warm-up: bytecode and file caches
-            measure(argv, env=env, log=self.log)
-        ours_runs, import_runs = [], []
-        for _ in range(self.cached_runs):  # interleaved, so drifting load hits both alike
-            ours_runs.append(measure(ours_cmd, env=env, log=self.log))
-            import_runs.append(measure(import_cmd, env=env, log=self.log))
+        ours_runs, import_runs = self._interleaved([(ours_cmd, env), (import_cmd, env)])
         ours, baseline = median_of(ours_runs), median_of(import_runs)
         self.measurements["cached re-run"] = {
             "ours": [run.as_json() for run in ours_runs],
             "import typer, loguru": [run.as_json() for run in import_runs],
         }
-        imported = imports_databento(ours_cmd, env)
+        imported = "databento" in imported_modules(ours_cmd, env, ["databento"])
         self.measurements["cached re-run imports databento"] = imported
         ratio = ours.wall_s / baseline.wall_s
         name = f"4. cached re-run vs import typer+loguru (median of {self.cached_runs})"
@@ -603,6 +659,189 @@ class Bench:
             )
         ]
 
+    # an S3 bucket as the data dir
+
+    def _s3_label(self) -> str:
+        rpd = self.records_per_day(1)
+        return f"{self.volume(rpd)} year at {S3_THROTTLE_BYTES_PER_S / 1e6:.0f} MB/s/conn"
+
+    def _fresh_s3(self) -> S3Server:
+        """A new local S3 server process (the previous one stopped), kept until `close()`."""
+        self.close()
+        self._s3 = self._s3_stack.enter_context(
+            s3_server(self._path("s3-server"), bucket=S3_BUCKET)
+        )
+        return self._s3
+
+    def store_year(self, where: str) -> StoreRun:
+        """Our CLI, default engine, `--force` into a fresh data dir: `where` "s3" (a fresh
+        bucket on a fresh local S3 server, `--work-dir` a fresh folder) or "local"; each run on
+        a fresh prebuilt sandbox at S3_THROTTLE_BYTES_PER_S per connection. Median of `repeat`
+        runs; memoized. The S3 server of the last s3 run keeps serving (scenario 13)."""
+        rpd = self.records_per_day(1)
+        key = (where, rpd)
+        if key in self._store:
+            return self._store[key]
+        runs: list[Measurement] = []
+        data_dir, trades, work = "", "", None  # the last run's
+        s3_requests: list[dict[str, Any]] = []
+        uploads: list[float] = []
+        completes: list[float] = []
+        for _ in range(self.repeat):
+            if data_dir:  # keep only the last run's output
+                _remove(work if work is not None else Path(data_dir))
+            s3 = self._fresh_s3() if where == "s3" else None
+            with sandbox(
+                self._path(f"{where}-server"),
+                records_per_day=rpd,
+                throttle_bytes_per_s=S3_THROTTLE_BYTES_PER_S,
+                prebuilt=PREBUILT_YEAR,
+            ) as gateway:
+                if s3 is not None:
+                    work = self._path("s3-work")
+                    data_dir, trades = s3.url(S3_PREFIX), f"{S3_PREFIX}/{TRADES_KEY}"
+                    argv, env = (
+                        ours_argv(data_dir, force=True, work_dir=work),
+                        s3.env(gateway.env()),
+                    )
+                else:
+                    folder = self._path("local-data")
+                    data_dir, trades = str(folder), folder / TRADES_KEY
+                    argv, env = ours_argv(folder, force=True), gateway.env()
+                started_ns = time.time_ns()
+                runs.append(measure(argv, env=env, log=self.log))
+            if s3 is not None:
+                s3_requests = [r for r in s3.requests() if r["at_ns"] >= started_ns]
+                upload_s, complete_s = _upload_timing(s3_requests)
+                uploads.append(upload_s)
+                completes.append(complete_s)
+        result = StoreRun(
+            median_of(runs),
+            data_dir,
+            trades,
+            work,
+            statistics.median(uploads) if uploads else 0.0,
+            statistics.median(completes) if completes else 0.0,
+        )
+        self.measurements[f"store {where} records_per_day={rpd}"] = {
+            "median": result.run.as_json(),
+            "runs": [run.as_json() for run in runs],
+            "throttle_bytes_per_s": S3_THROTTLE_BYTES_PER_S,
+            "data_dir": data_dir,
+            "output_bytes": trades.stat().st_size if isinstance(trades, Path) else None,
+            "s3_requests": _request_counts(s3_requests) if where == "s3" else None,
+            "upload_s": [round(x, 4) for x in uploads] if where == "s3" else None,
+            "complete_multipart_upload_s": [round(x, 4) for x in completes]
+            if where == "s3"
+            else None,
+            "work_dir_files_left": _files_below(work) if work is not None else None,
+        }
+        self._store[key] = result
+        return result
+
+    def s3_vs_local(self) -> list[Row]:
+        """The year into a bucket against into a local folder: wall times, and whether the
+        uploaded object is the local file byte for byte."""
+        s3, local = self.store_year("s3"), self.store_year("local")
+        assert self._s3 is not None
+        assert isinstance(s3.trades, str)
+        assert isinstance(local.trades, Path)
+        same = self._s3.same_object(s3.trades, local.trades)
+        self.measurements["store s3 object vs local file"] = same
+        ratio = s3.run.wall_s / local.run.wall_s
+        return [
+            Row(
+                f"11. {self._s3_label()}, wall (s3/local)",
+                _s(s3.run),
+                _s(local.run),
+                ratio,
+                f"<= {S3_WALL_TARGET:g}",
+                ratio <= S3_WALL_TARGET,
+            ),
+            Row(
+                f"11. wall excl. the S3 server's {s3.complete_s:.2f} s completing the upload"
+                " (s3/local)",
+                f"{s3.excluding_complete_s:.2f} s",
+                _s(local.run),
+                s3.excluding_complete_s / local.run.wall_s,
+                "-",
+                None,
+            ),
+            Row(
+                "11. uploaded object equal to the local file, byte for byte",
+                "yes" if same["equal"] else f"no (differs at byte {same['first_difference']})",
+                f"{same['object_bytes'] / 1e6:.1f} MB / {same['file_bytes'] / 1e6:.1f} MB",
+                None,
+                "equal",
+                same["equal"],
+            ),
+        ]
+
+    def s3_memory(self) -> list[Row]:
+        """Peak RSS of the s3 run of scenario 11 (the local run's for reference)."""
+        s3, local = self.store_year("s3"), self.store_year("local")
+        return [
+            Row(
+                f"12. peak RSS, {self._s3_label()} (s3/local)",
+                _mb(s3.run),
+                _mb(local.run),
+                s3.run.peak_rss_mb / local.run.peak_rss_mb,
+                f"<= {S3_RSS_LIMIT_MB:.0f} MB",
+                s3.run.peak_rss_mb <= S3_RSS_LIMIT_MB,
+            )
+        ]
+
+    def s3_cached_rerun(self) -> list[Row]:
+        """Scenario 11's command again, without --force, for s3 and for local (as scenario 4:
+        a warm-up, then `cached_runs` interleaved); and what the s3 re-runs asked the bucket."""
+        s3, local = self.store_year("s3"), self.store_year("local")
+        server = self._s3
+        assert server is not None
+        assert s3.work_dir is not None
+        base = self._no_gateway_env()
+        s3_cmd = ours_argv(s3.data_dir, force=False, work_dir=s3.work_dir)
+        local_cmd = ours_argv(Path(local.data_dir), force=False)
+        s3_env = server.env(base)
+        started_ns = time.time_ns()
+        s3_runs, local_runs = self._interleaved([(s3_cmd, s3_env), (local_cmd, base)])
+        requests = [r for r in server.requests() if r["at_ns"] >= started_ns]
+        runs = len(s3_runs) + 1  # and the warm-up
+        bodies = [r["key"] for r in requests if r["reads_body"]]
+        imported = imported_modules(s3_cmd, s3_env, ["databento", "boto3", "botocore"])
+        s3_median, local_median = median_of(s3_runs), median_of(local_runs)
+        self.measurements["store cached re-run"] = {
+            "s3": [run.as_json() for run in s3_runs],
+            "local": [run.as_json() for run in local_runs],
+            "s3_runs_incl_warm_up": runs,
+            "s3_requests": _request_counts(requests),
+            "s3_object_body_gets": dict(Counter(bodies)),
+            "s3_imports": imported,
+        }
+        ratio = s3_median.wall_s / local_median.wall_s
+        only_manifests = len(bodies) == runs and all(
+            key.endswith(f"/{MANIFEST_NAME}") for key in bodies
+        )
+        got = ", ".join(f"{Path(k).name} x{n}" for k, n in Counter(bodies).items()) or "none"
+        note = f" (imports {', '.join(imported)}!)" if imported else ""
+        return [
+            Row(
+                f"13. cached re-run s3 vs local (median of {self.cached_runs}){note}",
+                _s(s3_median),
+                _s(local_median),
+                ratio,
+                f"<= {S3_CACHED_TARGET:g}",
+                ratio <= S3_CACHED_TARGET and not imported,
+            ),
+            Row(
+                f"13. object-body GETs, {runs} s3 cached re-runs: {got}",
+                f"{len(bodies) / runs:g} per run",
+                f"{MANIFEST_NAME} only",
+                None,
+                f"1 ({MANIFEST_NAME})",
+                only_manifests,
+            ),
+        ]
+
 
 SCENARIOS = {
     1: Bench.year_vs_plain,
@@ -615,7 +854,38 @@ SCENARIOS = {
     8: Bench.batch_vs_stream,
     9: Bench.batch_resume,
     10: Bench.batch_memory,
+    11: Bench.s3_vs_local,
+    12: Bench.s3_memory,
+    13: Bench.s3_cached_rerun,
 }
+
+
+def _files_below(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _upload_timing(requests: list[dict[str, Any]]) -> tuple[float, float]:
+    """Seconds from the first request of an upload (listing unfinished uploads, or a single
+    PUT) to its CompleteMultipartUpload's arrival, and the server's time answering that."""
+    completes = [r for r in requests if r["method"] == "POST" and "uploadId=" in r["query"]]
+    if not completes:
+        return 0.0, 0.0
+    complete = completes[-1]
+    first = next(
+        (r for r in requests if r["method"] == "GET" and "uploads" in r["query"]), complete
+    )
+    done = complete["done_ns"] or complete["at_ns"]
+    return (complete["at_ns"] - first["at_ns"]) / 1e9, (done - complete["at_ns"]) / 1e9
+
+
+def _request_counts(requests: list[dict[str, Any]]) -> dict[str, int]:
+    """S3 requests by kind: METHOD, and the query's parameter names (uploads, partNumber...)."""
+    kinds = Counter(
+        " ".join([r["method"], *sorted({p.partition("=")[0] for p in r["query"].split("&") if p})])
+        + (" object" if r["key"] else " bucket")
+        for r in requests
+    )
+    return dict(sorted(kinds.items()))
 
 
 def job_wait_s(log: list[dict[str, Any]]) -> float:
@@ -674,11 +944,15 @@ def _raw(data_dir: Path) -> Path:
     return data_dir / "raw" / "databento"
 
 
-def imports_databento(argv: list[str], env: dict[str, str]) -> bool:
-    """Whether the command imports `databento` (from `python -X importtime`)."""
+def imported_modules(argv: list[str], env: dict[str, str], modules: list[str]) -> list[str]:
+    """Which of these top-level modules the command imports (from `python -X importtime`)."""
     traced = [PYTHON, "-X", "importtime", *argv[1:]]
     done = subprocess.run(traced, env=env, cwd=REPO, capture_output=True, text=True, check=True)
-    return re.search(r"\|\s+databento(\.|$)", done.stderr, re.MULTILINE) is not None
+    return [
+        name
+        for name in modules
+        if re.search(rf"\|\s+{re.escape(name)}(\.|$)", done.stderr, re.MULTILINE)
+    ]
 
 
 def _remove(target: Path) -> None:
