@@ -64,6 +64,10 @@ def keys(s3: LocalS3Server) -> list[str]:
     return sorted(item["Key"] for item in listed.get("Contents", []))
 
 
+def lease_key() -> str:
+    return f"{PREFIX}/raw/databento/.locks/AAPL/2023/TRADES.lock"
+
+
 def test_objects_equal_a_single_full_year_request(gateway, s3, cli, tmp_path):
     """The bucket gets the local layout, byte for byte what a local run writes."""
     result = run_s3(cli, tmp_path / "work")
@@ -71,7 +75,8 @@ def test_objects_equal_a_single_full_year_request(gateway, s3, cli, tmp_path):
     single = plain_get_range(gateway, ["AAPL"], tmp_path / "single.dbn.zst")
     (tmp_path / "got.dbn.zst").write_bytes(object_bytes(s3, TRADES_KEY))
     assert decompressed(tmp_path / "got.dbn.zst") == decompressed(single)
-    assert keys(s3) == sorted([MANIFEST_KEY, TRADES_KEY])  # no lease, probe or part left
+    assert keys(s3) == sorted([MANIFEST_KEY, TRADES_KEY, lease_key()])  # no probe or part left
+    assert json.loads(object_bytes(s3, lease_key()))["released"] is True
     local = cli(
         *("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades"),
         *("--data-dir", str(tmp_path / "local")),
@@ -205,10 +210,6 @@ def test_manifest_entries_of_concurrent_writers_are_all_kept(s3):
     assert sorted(content.entries) == [f"P{n}" for n in range(8)]
 
 
-def lease_key() -> str:
-    return f"{PREFIX}/raw/databento/.locks/AAPL/2023/TRADES.lock"
-
-
 def test_an_expired_lease_is_taken_over(gateway, s3, cli, tmp_path):
     """A machine that died holding a lease blocks others only until it expires."""
     expired = {"holder": "other-host:1:dead", "expires_at": "2020-01-01T00:00:00+00:00"}
@@ -216,7 +217,7 @@ def test_an_expired_lease_is_taken_over(gateway, s3, cli, tmp_path):
     result = run_s3(cli, tmp_path / "work")
     assert result.exit_code == 0, result.output
     assert "took over the lease" in result.output
-    assert lease_key() not in keys(s3)
+    assert json.loads(object_bytes(s3, lease_key()))["released"] is True
 
 
 def test_a_live_lease_of_another_machine_is_waited_for_then_refused(gateway, s3, cli, tmp_path):

@@ -7,9 +7,10 @@ Credentials, region and endpoint come from the standard AWS configuration (envir
 `AWS_ENDPOINT_URL`, profiles, instance roles); nothing here takes or logs them.
 
 One writer per symbol-year-product across machines: a lease object
-`raw/databento/.locks/…/TRADES.lease` created with `If-None-Match: *`, naming its holder and
-expiry, renewed while the run works (`If-Match` on its ETag) and taken over once expired, or at
-once when its holder is a dead process on this very machine.
+`raw/databento/.locks/…/TRADES.lock` created with `If-None-Match: *`, naming its holder and
+expiry, renewed while the run works (`If-Match` on its ETag), marked released at the end (never
+deleted: a delete could remove the lease another run has just taken over), and taken over once
+released or expired, or at once when its holder is a dead process on this very machine.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from loguru import logger
 from backend.jobs.errors import IngestError
 from backend.jobs.store import ConflictError, LockRequest, ObjectInfo
 
-PART_SIZE = 16 * 2**20  # multipart part size; memory in flight is UPLOAD_THREADS parts
+PART_SIZE = 8 * 2**20  # multipart part size; memory in flight is UPLOAD_THREADS parts
 UPLOAD_THREADS = 4
 READ_CHUNK = 1 << 20
 LEASE_TTL_S = 60.0  # a lease not renewed for this long may be taken over by another machine
@@ -62,23 +63,24 @@ def split_url(url: str) -> tuple[str, str]:
 class Lease:
     holder: str  # host:pid:random
     expires_at: datetime
+    released: bool = False
 
     @classmethod
     def parse(cls, data: bytes) -> Lease | None:
         try:
             raw = json.loads(data)
-            return cls(str(raw["holder"]), datetime.fromisoformat(raw["expires_at"]))
+            expires = datetime.fromisoformat(raw["expires_at"])
+            return cls(str(raw["holder"]), expires, bool(raw.get("released")))
         except (ValueError, KeyError, TypeError):
             return None  # not a lease this tool wrote: treated as expired
 
     def body(self) -> bytes:
-        return json.dumps(
-            {"holder": self.holder, "expires_at": self.expires_at.isoformat()}
-        ).encode()
+        fields = {"holder": self.holder, "expires_at": self.expires_at.isoformat()}
+        return json.dumps({**fields, "released": True} if self.released else fields).encode()
 
     def gone(self, now: datetime) -> bool:
-        """Expired, or held by a process of this machine that no longer exists."""
-        if self.expires_at <= now:
+        """Released, expired, or held by a process of this machine that no longer exists."""
+        if self.released or self.expires_at <= now:
             return True
         host, _, rest = self.holder.partition(":")
         pid = rest.partition(":")[0]
@@ -337,10 +339,10 @@ class S3Store:
             stop.set()
             if renewer.is_alive():
                 renewer.join(timeout=5)
+            released = Lease(holder, datetime.now(UTC), released=True).body()
             for key, tag in held.items():
-                current = self.head(key)
-                if current is not None and current.tag == tag:
-                    self.delete(key)
+                with contextlib.suppress(ConflictError):  # taken over: theirs now
+                    self.write(key, released, expected=tag)
 
     def _lease(self, holder: str) -> bytes:
         expires = datetime.now(UTC) + timedelta(seconds=self.lease_ttl_s)
@@ -364,8 +366,9 @@ class S3Store:
                     taken = self.write(lock.key, self._lease(holder), expected=tag)
                 except ConflictError:
                     continue
-                who = other.holder if other else "unknown"
-                logger.info("took over the lease on {} from {} (expired)", lock.label, who)
+                if other is None or not other.released:
+                    who = other.holder if other else "unknown"
+                    logger.info("took over the lease on {} from {} (expired)", lock.label, who)
                 return taken
             if time.monotonic() >= deadline:
                 raise IngestError(
