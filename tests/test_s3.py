@@ -294,3 +294,20 @@ def test_kill_9_leaves_no_partial_object_and_the_rerun_completes(
     assert rerun.returncode == 0, rerun.stderr
     assert TRADES_KEY in keys(s3)
     assert s3.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+def test_a_batch_job_recorded_in_the_bucket_is_finished_by_another_machine(
+    gateway, s3, cli, tmp_path
+):
+    """The job record lives in the bucket: another machine picks the job up, unpaid."""
+    gateway.batch_processing_s = 3.0
+    first = run_s3(cli, tmp_path / "machine-a", "--engine", "batch", "--batch-timeout", "1s")
+    assert first.exit_code == 1
+    record = f"{PREFIX}/raw/databento/AAPL/2023/.parts/TRADES/batch-job.json"
+    assert record in keys(s3)
+    gateway.batch_processing_s = 0.0
+    second = run_s3(cli, tmp_path / "machine-b", "--engine", "batch")
+    assert second.exit_code == 0, second.output
+    assert gateway.count("batch.submit_job") == 1
+    assert record not in keys(s3)
+    assert TRADES_KEY in keys(s3)

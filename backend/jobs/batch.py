@@ -82,7 +82,7 @@ def describe(job: JobRequest, year: int) -> str:
 
 def recorded_job(member: ProductPlan) -> JobRecord | None:
     """The job a product's working folder records, else the one its manifest entry names."""
-    record = read_record(member.folder.parts(member.product.name))
+    record = read_record(member.folder.storage, member.folder.job_key(member.product.name))
     if record is not None:
         return record
     entry = Manifest.of(member.folder).load().entries.get(member.product.name)
@@ -142,7 +142,7 @@ def resume_recorded_jobs(
         found, details = live
         if not dry_run:
             for member in claimed:
-                write_record(member.folder.make_parts(member.product.name), found)
+                record_job(member, found)
         first = claimed[0]
         resumed.append(
             GroupPlan(
@@ -159,6 +159,12 @@ def resume_recorded_jobs(
             )
         )
     return resumed, rest
+
+
+def record_job(member: ProductPlan, record: JobRecord) -> None:
+    """Write the job a product is fetched from where any later run (or machine) looks."""
+    member.folder.make_parts(member.product.name)
+    write_record(member.folder.storage, member.folder.job_key(member.product.name), record)
 
 
 def live_job(client: BatchClient, record: JobRecord) -> tuple[JobRecord, dict[str, Any]] | None:
@@ -321,7 +327,7 @@ class BatchEngine:
     @staticmethod
     def _record(group: GroupPlan, record: JobRecord) -> None:
         for member in group.members:
-            write_record(member.folder.make_parts(member.product.name), record)
+            record_job(member, record)
 
     def _job_folder(self, job_id: str) -> Path:
         """The job's download folder, held under a lock: two runs never write one file."""
@@ -590,6 +596,7 @@ class BatchEngine:
                 )
             finally:
                 writer.discard()
+            member.folder.storage.delete(member.folder.job_key(member.product.name))
             self.progress.finish(member.product.name)
             yield result
         self._drop_job_files(run)
@@ -614,10 +621,10 @@ class BatchEngine:
     def _drop_job_files(self, run: JobRun) -> None:
         """Remove the job's downloads unless another symbol-year still counts on them."""
         job = run.record.request
-        year = run.group.members[0].year
+        year, name = run.group.members[0].year, run.group.product.name
         for symbol in job.symbols:
             folder = YearFolder(self.data_dir, symbol, year, job.dataset)
-            other = read_record(folder.parts(run.group.product.name))
+            other = read_record(run.group.members[0].folder.storage, folder.job_key(name))
             if other is not None and other.job_id == run.job_id:
                 return
         shutil.rmtree(run.folder, ignore_errors=True)

@@ -1,8 +1,8 @@
 """A batch job as this tool asks for it and remembers it: `batch-job.json`, one owner.
 
-The record lives in each member's working folder (`{YEAR}/.parts/{PRODUCT}/batch-job.json`)
-from before the submit until the product is published, so a run killed at any moment
-resumes with the job it paid for:
+The record lives beside each member's parts (`{YEAR}/.parts/{PRODUCT}/batch-job.json`, in the
+data dir's store: a bucket's records are seen by every machine) from before the submit until
+the product is published, so a run killed at any moment resumes with the job it paid for:
 
     {"format": 1, "job_id": null, "request": {...}, "submitted_since": "..."}   submitting
     {"format": 1, "job_id": "XNAS-...", "request": {...}, "cost_usd": 1.2, ...} submitted
@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backend.jobs.cache import publish, temp_path_for
 from backend.jobs.plan import STYPE_IN, STYPE_OUT, TimeRange, parse_timestamp_ns
+
+if TYPE_CHECKING:
+    from backend.jobs.store import Store
 
 STATE_FILE = "batch-job.json"
 STATE_FORMAT = 1
@@ -130,14 +131,13 @@ class JobRecord:
         }
 
 
-def state_path(parts_dir: Path) -> Path:
-    return parts_dir / STATE_FILE
-
-
-def read_record(parts_dir: Path) -> JobRecord | None:
+def read_record(store: Store, key: str) -> JobRecord | None:
     """The job recorded for a product, or None (none, or a record of another shape: ignored)."""
     try:
-        raw = json.loads(state_path(parts_dir).read_text(encoding="utf-8"))
+        found = store.read(key)
+        if found is None:
+            return None
+        raw = json.loads(found[0])
         if raw.get("format") != STATE_FORMAT:
             return None
         cost = raw.get("cost_usd")
@@ -151,15 +151,9 @@ def read_record(parts_dir: Path) -> JobRecord | None:
         return None
 
 
-def write_record(parts_dir: Path, record: JobRecord) -> None:
-    """Durably, before the step it enables: a killed run must find it."""
-    path = state_path(parts_dir)
-    temp = temp_path_for(path)
-    try:
-        temp.write_text(json.dumps(record.as_json(), indent=2) + "\n", encoding="utf-8")
-        publish(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+def write_record(store: Store, key: str, record: JobRecord) -> None:
+    """Durably, before the step it enables: a killed run (or another machine) must find it."""
+    store.put(key, (json.dumps(record.as_json(), indent=2) + "\n").encode())
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,10 @@ class YearFolder:
     def manifest_key(self) -> str:
         return self.key("manifest.json")
 
+    def job_key(self, product: str) -> str:
+        """The batch job recorded for a product (batchjob.py), beside its parts."""
+        return self.key(f"{PARTS_SUBDIR}/{product}/batch-job.json")
+
     def lock_key(self, product: str) -> str:
         return (RAW_SUBDIR / LOCKS_SUBDIR / self.relative / f"{product}.lock").as_posix()
 

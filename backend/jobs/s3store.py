@@ -211,6 +211,14 @@ class S3Store:
             raise self._failed(exc, f"write {key}") from None
         return str(result["e_tag"])
 
+    def put(self, key: str, data: bytes) -> None:
+        import obstore
+
+        try:
+            obstore.put(self._store, key, data)
+        except Exception as exc:  # noqa: BLE001
+            raise self._failed(exc, f"write {key}") from None
+
     def delete(self, key: str) -> None:
         import obstore
 

@@ -9,6 +9,7 @@ temporary files always stay on local disk (the data dir itself, or `--work-dir` 
     reader    a large object as a stream (verify, adoption)
     publish   a finished local file becomes the object, atomically; nothing partial is visible
     write     a small object, only if it is still the version read (or still absent)
+    put       a small object, whatever was there (atomic, durable); delete
     locked    one writer per key at a time (kernel file locks here, leases in a bucket)
 """
 
@@ -56,6 +57,8 @@ class Store(Protocol):
     def reader(self, key: str) -> contextlib.AbstractContextManager[Readable]: ...
     def publish(self, temp: Path, key: str) -> None: ...
     def write(self, key: str, data: bytes, *, expected: str | None) -> str: ...
+    def put(self, key: str, data: bytes) -> None: ...
+    def delete(self, key: str) -> None: ...
     def listing(self, prefix: str) -> Iterator[ObjectInfo]: ...
     def check_writable(self, keys: list[str]) -> None: ...
     def locked(
@@ -143,6 +146,18 @@ class LocalStore:
             finally:
                 temp.unlink(missing_ok=True)
         return content_tag(data)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self.path(key)
+        temp = temp_path_for(path)
+        try:
+            temp.write_bytes(data)
+            publish(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
 
     def listing(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self.path(prefix)
