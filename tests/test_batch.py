@@ -205,13 +205,13 @@ def test_rate_limited_submit_is_retried(gateway, cli, data_dir):
 
 def test_unfinished_job_times_out_then_next_run_picks_it_up(gateway, cli, data_dir):
     """--batch-timeout: exit 1, the job stays recorded; the next run pays nothing more."""
-    gateway.batch_processing_s = 3.0
+    gateway.batch_processing_s = 2.0
     result = run_batch(cli, "--batch-timeout", "1s")
     assert result.exit_code == 1
     assert "--batch-timeout" in result.output
     assert "run the same command again later" in result.output
     gateway.batch_processing_s = 0.0
-    time.sleep(2.5)
+    time.sleep(1.0)
     again = run_batch(cli)
     assert again.exit_code == 0, again.output
     assert gateway.count(SUBMIT) == 1
@@ -219,7 +219,7 @@ def test_unfinished_job_times_out_then_next_run_picks_it_up(gateway, cli, data_d
 
 def test_expired_job_is_resubmitted_with_a_warning_within_budget(gateway, cli, data_dir):
     """A recorded job that expired needs a new, billed job: only within --max-cost."""
-    gateway.batch_processing_s = 3.0
+    gateway.batch_processing_s = 2.0
     assert run_batch(cli, "--batch-timeout", "1s").exit_code == 1
     gateway.expire_job(gateway.batch_jobs()[0]["id"])
     gateway.batch_processing_s = 0.0
@@ -242,7 +242,7 @@ def process_env(gateway) -> dict[str, str]:
 
 def test_kill_9_after_submit_resumes_without_a_new_submit(gateway, data_dir, process_env):
     """SIGKILL while the job is processing: the re-run finds the recorded job and pays nothing."""
-    gateway.batch_processing_s = 4.0
+    gateway.batch_processing_s = 2.0
     command = [
         *(sys.executable, "-m", "backend.jobs.cli", "data", "--symbol", "AAPL", "--year", "2023"),
         *("--products", "trades", *BATCH),

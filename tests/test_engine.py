@@ -315,7 +315,7 @@ def test_rerun_after_sigterm_fetches_only_the_missing_chunks(slow_gateway, tmp_p
 def test_two_concurrent_runs_download_once(slow_gateway, tmp_path):
     """Two runs on one symbol-year: one downloads, the other waits then skips; both exit 0."""
     data_dir = tmp_path / "data"
-    first = cli_process(slow_gateway, data_dir)
+    first = cli_process(slow_gateway, data_dir, "--jobs", "4")
     wait_for((data_dir / "raw" / "databento" / ".locks" / "AAPL" / "2023" / "TRADES.lock").exists)
     second = cli_process(slow_gateway, data_dir)
     outputs = [process.communicate(timeout=120) for process in (first, second)]

@@ -300,7 +300,7 @@ def test_a_batch_job_recorded_in_the_bucket_is_finished_by_another_machine(
     gateway, s3, cli, tmp_path
 ):
     """The job record lives in the bucket: another machine picks the job up, unpaid."""
-    gateway.batch_processing_s = 3.0
+    gateway.batch_processing_s = 2.0
     first = run_s3(cli, tmp_path / "machine-a", "--engine", "batch", "--batch-timeout", "1s")
     assert first.exit_code == 1
     record = f"{PREFIX}/raw/databento/AAPL/2023/.parts/TRADES/batch-job.json"
