@@ -401,3 +401,18 @@ def test_job_request_recognises_its_own_job_among_others():
     assert not job.answered_by({**details, "schema": "tbbo"})
     assert not job.answered_by({**details, "end": "2023-12-31T00:00:00Z"})
     assert not job.answered_by({**details, "start": "garbage"})
+
+
+def test_pacer_lets_20_submits_through_a_minute_then_makes_the_next_wait():
+    """Databento allows 20 batch submits a minute, in any rhythm."""
+    import threading
+
+    from backend.jobs.errors import CancelledError
+    from backend.jobs.retry import SUBMITS_PER_WINDOW, Pacer
+
+    pacer, stop = Pacer(), threading.Event()
+    for _ in range(SUBMITS_PER_WINDOW):
+        pacer.wait("submit", stop)  # at once: a stop would make any wait raise
+    stop.set()
+    with pytest.raises(CancelledError):
+        pacer.wait("submit", stop)  # the 21st must wait for the first to leave the window

@@ -247,9 +247,11 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     """Download TRADES and TBBO of a symbol-year into DATA_DIR/raw/databento/SYMBOL/YEAR/.
 
     Datasets other than XNAS.ITCH go to DATA_DIR/raw/databento/datasets/DATASET/SYMBOL/YEAR/.
-    Each product is fetched in chunks (resumable, retried, parallel), merged into one DBN file
-    (zstd) and recorded in manifest.json. A product whose cached file answers the same request
-    (dataset, schema, symbol, year) is skipped without any request and without the API key.
+    Each product is fetched in chunks (resumable, retried, parallel), or from one Databento batch
+    job when estimated above --batch-above (billed once, resumed without paying again), merged
+    into one DBN file (zstd) and recorded in manifest.json. A product whose cached file answers
+    the same request (dataset, schema, symbol, year) is skipped without any request and without
+    the API key. DATA_DIR may be a folder or s3://BUCKET/PREFIX, shared by many machines.
     """
     from backend.jobs.ingest import run_ingest
     from backend.jobs.progress import NullProgress, RichProgress, wants_progress
