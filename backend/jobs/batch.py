@@ -46,7 +46,7 @@ from backend.jobs.errors import (
 )
 from backend.jobs.manifest import BatchRecord, JobFileRecord, Manifest
 from backend.jobs.merge import MergedWriter
-from backend.jobs.plan import Chunking, TimeRange, split_range
+from backend.jobs.plan import TimeRange, split_range
 from backend.jobs.preflight import GroupPlan, ProductPlan
 from backend.jobs.progress import Progress
 from backend.jobs.request import IngestRequest, ProductResult
@@ -102,7 +102,6 @@ def resume_recorded_jobs(
     client: BatchClient,
     dataset: str,
     members: list[ProductPlan],
-    chunking: Chunking,
     *,
     dry_run: bool,
 ) -> tuple[list[GroupPlan], list[ProductPlan]]:
@@ -150,7 +149,7 @@ def resume_recorded_jobs(
                 product=first.product,
                 span=first.span,
                 members=claimed,
-                chunks=split_range(first.span, split_duration(chunking)),
+                chunks=split_range(first.span, found.request.split_duration),  # type: ignore[arg-type]
                 estimated_bytes=int(details.get("billed_size") or 0),
                 estimated_usd=0.0,
                 engine="batch",

@@ -224,7 +224,7 @@ def plan_universe(
     members = [m for m in members if (m.symbol, m.year) not in failures]
     from backend.jobs.batch import resume_recorded_jobs
 
-    resumed, members = resume_recorded_jobs(client, dataset, members, chunking, dry_run=dry_run)
+    resumed, members = resume_recorded_jobs(client, dataset, members, dry_run=dry_run)
     groups = estimate_groups(client, dataset, group_members(members, group_size), chunking)
     groups = [with_engine(group, engine, batch_above, chunking) for group in groups]
     numbered = [replace(group, number=n) for n, group in enumerate(resumed + groups, start=1)]
