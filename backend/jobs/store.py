@@ -139,16 +139,12 @@ class LocalStore:
             if (current[1] if current else None) != expected:
                 raise ConflictError(key)
             remove_stale_temps(path.parent, path.name)  # a killed writer's, under this lock
-            temp = temp_path_for(path)
-            try:
-                temp.write_bytes(data)
-                publish(temp, path)
-            finally:
-                temp.unlink(missing_ok=True)
+            self.put(key, data)
         return content_tag(data)
 
     def put(self, key: str, data: bytes) -> None:
         path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
         temp = temp_path_for(path)
         try:
             temp.write_bytes(data)
