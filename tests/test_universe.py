@@ -201,6 +201,7 @@ def test_kill_9_mid_universe_resumes_without_refetching_finished_chunks(slow_gat
     kept = len(parts("AAPL"))
     assert kept == len(parts("MSFT")) >= 2
     slow_gateway.reset()
+    slow_gateway.sandbox.throttle_bytes_per_s = None  # the re-run need not be slow
     slow_gateway.sandbox.set_dataset_range("XNAS.ITCH", "2018-05-01", "2025-03-01")
     rerun = subprocess.run(
         [*argv, "--jobs", "8"], env=slow_gateway.env, capture_output=True, text=True, check=False
