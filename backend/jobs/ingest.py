@@ -92,7 +92,7 @@ def run_ingest(
     policy = RetryPolicy(retries=request.retries)
     with contextlib.ExitStack() as stack:
         stack.callback(stop.set)
-        undecided = settle(wanted, results, answered_without_lock, request, started)
+        undecided = settle(wanted, results, AnsweredWithoutLock(), request, started)
         if undecided and not request.dry_run:
             stack.enter_context(locked(undecided, request.lock_timeout_s))
         # again, under the lock: another run may have finished some meanwhile
@@ -176,16 +176,34 @@ def look(folder: YearFolder, content: ManifestContent, product: Product) -> OnDi
     )
 
 
-def answered_without_lock(
-    folder: YearFolder, product: Product, request: IngestRequest, started: float
-) -> ProductResult | None:
+class AnsweredWithoutLock:
     """A product the cache answers with nothing to write (no adoption, repair or leftovers to
-    clean) needs no lock: the common cached re-run takes none, and pays no lease."""
-    if request.force or request.verify:
-        return None
-    if folder.parts(product.name).exists() or has_stale_temps(folder.path, product.name):
-        return None
-    content = Manifest.of(folder).load()
+    clean) needs no lock: the common cached re-run takes none, and pays no lease. Each
+    folder's manifest is read once for all its products."""
+
+    def __init__(self) -> None:
+        self._manifests: dict[YearFolder, ManifestContent] = {}
+
+    def __call__(
+        self, folder: YearFolder, product: Product, request: IngestRequest, started: float
+    ) -> ProductResult | None:
+        if request.force or request.verify:
+            return None
+        if folder.parts(product.name).exists() or has_stale_temps(folder.path, product.name):
+            return None
+        if folder not in self._manifests:
+            self._manifests[folder] = Manifest.of(folder).load()
+        return skipped(folder, product, self._manifests[folder], request, started)
+
+
+def skipped(
+    folder: YearFolder,
+    product: Product,
+    content: ManifestContent,
+    request: IngestRequest,
+    started: float,
+) -> ProductResult | None:
+    """The product as skipped, when its file and entry answer the request as they are."""
     key = CacheKey(request.dataset, product.schema, folder.symbol, folder.year)
     decision = decide(look(folder, content, product), key, force=False, verify=False)
     if decision.action is not Action.SKIP or decision.why:
