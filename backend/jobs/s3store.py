@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -175,14 +175,12 @@ class S3Store:
         import obstore
 
         try:
-            result = obstore.get(self._store, key)
-            yield StreamReader(result.stream(min_chunk_size=READ_CHUNK), self.where(key))
+            chunks = obstore.get(self._store, key).stream(min_chunk_size=READ_CHUNK)
         except (FileNotFoundError, obstore.exceptions.NotFoundError):
-            raise IngestError(f"{self.where(key)} disappeared while being read") from None
-        except IngestError:
-            raise
+            raise IngestError(f"{self.where(key)} disappeared before it was read") from None
         except Exception as exc:  # noqa: BLE001
             raise self._failed(exc, f"read {key}") from None
+        yield StreamReader(chunks, self.where(key), lambda exc: self._failed(exc, f"read {key}"))
 
     def listing(self, prefix: str) -> Iterator[ObjectInfo]:
         import obstore
@@ -406,16 +404,23 @@ class S3Store:
 
 
 class StreamReader:
-    """`read(size)` over an object's body streamed in chunks (never the whole in memory)."""
+    """`read(size)` over an object's body streamed in chunks (never the whole in memory); a
+    failure of the stream itself becomes one storage error (`failed`)."""
 
-    def __init__(self, chunks: Any, name: str) -> None:
+    def __init__(
+        self, chunks: Any, name: str, failed: Callable[[BaseException], IngestError]
+    ) -> None:
         self._chunks = iter(chunks)
         self._buffer = bytearray()
+        self._failed = failed
         self.name = name
 
     def read(self, size: int) -> bytes:
         while len(self._buffer) < size:
-            chunk = next(self._chunks, None)
+            try:
+                chunk = next(self._chunks, None)
+            except Exception as exc:  # noqa: BLE001  obstore's stream errors
+                raise self._failed(exc) from None
             if chunk is None:
                 break
             self._buffer += bytes(chunk)
