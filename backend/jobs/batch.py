@@ -412,6 +412,7 @@ class BatchEngine:
             run.state = state
             logger.info("batch job {} ({}): {}", run.job_id, run.what, state)
         if state == "done":
+            self.progress.waiting(f"job {run.job_id}", state, 100)
             return True
         if state == "expired":
             raise IngestError(

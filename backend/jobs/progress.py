@@ -82,7 +82,7 @@ class RichProgress:
             TextColumn("{task.description:<6}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("chunks {task.fields[size]} {task.fields[rate]}"),
+            TextColumn("{task.fields[unit]} {task.fields[size]} {task.fields[rate]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -97,7 +97,9 @@ class RichProgress:
         if self._display is None:
             self._show()
         with self._lock:
-            task = self._display.add_task(product, total=chunks, size="0.0 MB", rate="")
+            task = self._display.add_task(
+                product, total=chunks, unit="chunks", size="0.0 MB", rate=""
+            )
             self._tasks[product] = (task, parts_dir, time.monotonic())
             self._done_bytes[product] = 0
 
@@ -115,7 +117,9 @@ class RichProgress:
             self._show()
         with self._lock:
             if label not in self._waiting:
-                self._waiting[label] = self._display.add_task(label, total=100, size=state, rate="")
+                self._waiting[label] = self._display.add_task(
+                    label, total=100, unit="%", size=state, rate=""
+                )
             self._display.update(self._waiting[label], completed=percent or 0, size=state)
 
     def close(self) -> None:
