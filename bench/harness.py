@@ -48,28 +48,10 @@ class Measurement:
 
 def measure(argv: Sequence[str], *, env: dict[str, str], log: Path) -> Measurement:
     """Run argv to completion, output appended to `log`; its wall time and its own peak RSS."""
-    with log.open("ab") as out:
-        out.write(f"\n$ {' '.join(argv)}\n".encode())
-        out.flush()
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-        )
-        watchdog = threading.Timer(RUN_TIMEOUT_S, proc.kill)
-        watchdog.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            watchdog.cancel()
-        wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
-    if proc.returncode != 0:
-        raise BenchError(f"{' '.join(argv[1:5])} ... exited {proc.returncode}; see {log}")
-    return Measurement(wall, usage.ru_maxrss * 1024 / 1e6)  # ru_maxrss is KiB on Linux
+    run = run_watched(argv, env=env, log=log)
+    if run.exit_code != 0:
+        raise BenchError(f"{' '.join(argv[1:5])} ... exited {run.exit_code}; see {log}")
+    return Measurement(run.wall_s, run.peak_rss_mb)
 
 
 @dataclass(frozen=True)
@@ -91,7 +73,11 @@ def run_watched(
     poll_s: float = 0.02,
 ) -> Finished:
     """Run argv, output appended to `log`, to its end, or SIGKILL it as soon as `kill_when()`
-    holds (polled every `poll_s`); unlike `measure`, a failure is reported, not raised."""
+    holds (polled every `poll_s`); a failure is reported, not raised.
+
+    Without `kill_when` the wait blocks (wall time to the microsecond); a watchdog kills a
+    command still running after RUN_TIMEOUT_S either way.
+    """
     with log.open("ab") as out:
         out.write(f"\n$ {' '.join(argv)}\n".encode())
         out.flush()
@@ -99,30 +85,30 @@ def run_watched(
         proc = subprocess.Popen(
             argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
         )
-        killed = timed_out = False
-        deadline = time.monotonic() + RUN_TIMEOUT_S
+        watchdog = threading.Timer(RUN_TIMEOUT_S, proc.kill)
+        watchdog.start()
+        killed = False
         try:
             while True:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage: see measure
+                # wait4, not Popen.wait: its rusage is this child's own peak RSS
+                pid, status, usage = os.wait4(proc.pid, 0 if kill_when is None else os.WNOHANG)
                 if pid:
                     break
                 if not killed and kill_when is not None and kill_when():
                     proc.kill()
                     killed = True
-                elif not timed_out and time.monotonic() > deadline:
-                    proc.kill()
-                    timed_out = True
                 time.sleep(poll_s)
         except BaseException:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            watchdog.cancel()
         wall = time.perf_counter() - started
         if killed:
             out.write(b"[bench: killed with SIGKILL]\n")
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
-    rss = usage.ru_maxrss * 1024 / 1e6
-    return Finished(proc.returncode, killed, wall, rss)
+    return Finished(proc.returncode, killed, wall, usage.ru_maxrss * 1024 / 1e6)  # KiB on Linux
 
 
 def median_of(runs: list[Measurement]) -> Measurement:

@@ -304,14 +304,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         }
         self._start(response.status, headers)
         faults.clamp_to(len(payload))
-        writer = _BodyWriter(
-            self.wfile,
-            chunked=False,
-            bucket=None,
-            faults=faults,
-            stopping=self.server.stopping,
-        )
-        writer.write(payload)
+        self._body_writer(chunked=False, throttle=None, faults=faults).write(payload)
 
     def _send_file(
         self, response: FileResponse, throttle: float | None, faults: _BodyFaults
@@ -323,14 +316,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 response.status, {"Content-Length": str(response.length), **response.headers}
             )
             faults.clamp_to(response.length)
-            bucket = TokenBucket(throttle, self.server.stopping) if throttle else None
-            writer = _BodyWriter(
-                self.wfile,
-                chunked=False,
-                bucket=bucket,
-                faults=faults,
-                stopping=self.server.stopping,
-            )
+            writer = self._body_writer(chunked=False, throttle=throttle, faults=faults)
             remaining = response.length
             while remaining > 0:
                 piece = source.read(min(FILE_READ_BYTES, remaining))
@@ -340,18 +326,20 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 remaining -= len(piece)
         writer.finish()
 
+    def _body_writer(
+        self, *, chunked: bool, throttle: float | None, faults: _BodyFaults
+    ) -> _BodyWriter:
+        """A body writer for this connection, throttled per connection when asked."""
+        bucket = TokenBucket(throttle, self.server.stopping) if throttle else None
+        return _BodyWriter(
+            self.wfile, chunked=chunked, bucket=bucket, faults=faults, stopping=self.server.stopping
+        )
+
     def _send_stream(
         self, response: StreamResponse, throttle: float | None, faults: _BodyFaults
     ) -> None:
         self._start(response.status, {"Transfer-Encoding": "chunked", **response.headers})
-        bucket = TokenBucket(throttle, self.server.stopping) if throttle else None
-        writer = _BodyWriter(
-            self.wfile,
-            chunked=True,
-            bucket=bucket,
-            faults=faults,
-            stopping=self.server.stopping,
-        )
+        writer = self._body_writer(chunked=True, throttle=throttle, faults=faults)
         try:
             for chunk in response.chunks:
                 writer.write(chunk)
