@@ -21,4 +21,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[sandbox]", *nox.project.dependency_groups(PYPROJECT, "test", "tasks"))
-    session.run("pytest", *session.posargs, env={"TERM": "dumb", "NO_COLOR": "1"})
+    # Most of the suite waits on loopback servers and subprocesses, not on the CPU: four
+    # workers on two cores finish it in well under half the time of one.
+    args = session.posargs or ["-n", "4"]
+    session.run("pytest", *args, env={"TERM": "dumb", "NO_COLOR": "1"})

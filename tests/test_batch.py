@@ -152,7 +152,7 @@ def test_universe_group_is_one_job_per_product(gateway, cli, data_dir, tmp_path)
     jobs = gateway.batch_jobs()
     assert len(jobs) == 2
     assert {job["schema"] for job in jobs} == {"trades", "tbbo"}
-    assert all(sorted(job["symbols"]) == ["AAPL", "MSFT"] for job in jobs)
+    assert all(sorted(job["symbols"].split(",")) == ["AAPL", "MSFT"] for job in jobs)
     for symbol in ("AAPL", "MSFT"):
         single = plain_get_range(gateway, [symbol], tmp_path / f"{symbol}.dbn.zst")
         merged = year_folder(data_dir, symbol) / "TRADES.dbn.zst"

@@ -14,6 +14,7 @@ from tests.helpers import completions, written_files, year_folder
 
 OTHER = "EQUS.MINI"  # the sandbox's second dataset (from 2023-03-28)
 TRADES_2025 = ("data", "--symbol", "AAPL", "--year", "2025", "--products", "trades")
+TRADES_2023 = ("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
 
 
 def other_folder(data_dir: Path, symbol: str = "AAPL", year: int = 2025) -> Path:
@@ -35,6 +36,15 @@ def cached(gateway, cli, data_dir) -> Path:
     assert result.exit_code == 0, result.output
     gateway.reset()
     return year_folder(data_dir, "AAPL", 2025)
+
+
+@pytest.fixture
+def full_year(gateway, cli, data_dir) -> Path:
+    """AAPL 2023 TRADES, a whole calendar year (a range right whatever the dataset holds)."""
+    result = cli(*TRADES_2023)
+    assert result.exit_code == 0, result.output
+    gateway.reset()
+    return year_folder(data_dir, "AAPL", 2023)
 
 
 # the cache key is the whole request
@@ -99,27 +109,29 @@ def test_status_and_verify_show_the_dataset_of_each_file(cached, cli, data_dir):
 # one pure decision, made first
 
 
-def test_unrecorded_valid_file_is_adopted_without_key_or_request(cached, gateway, cli, monkeypatch):
-    """Adoption is offline: no key, no preflight, no budget."""
-    (cached / "manifest.json").unlink()
+def test_unrecorded_valid_file_is_adopted_without_key_or_request(
+    full_year, gateway, cli, monkeypatch
+):
+    """Adoption of a whole-year file is offline: no key, no preflight, no budget."""
+    (full_year / "manifest.json").unlink()
     monkeypatch.delenv("DATABENTO_API_KEY")
-    result = cli(*TRADES_2025, "--max-cost", "0")
+    result = cli(*TRADES_2023, "--max-cost", "0")
     assert result.exit_code == 0, result.output
     assert status_of(result) == "skipped"
     assert "adopted" in result.stdout
     assert gateway.requests == []
-    assert json.loads((cached / "manifest.json").read_text())["products"]["TRADES"]["sha256"]
+    assert json.loads((full_year / "manifest.json").read_text())["products"]["TRADES"]["sha256"]
 
 
-def test_dry_run_counts_an_unrecorded_valid_file_as_cached(cached, gateway, cli):
+def test_dry_run_counts_an_unrecorded_valid_file_as_cached(full_year, gateway, cli):
     """--dry-run lists an adoptable file as cached, asks nothing and writes nothing."""
-    (cached / "manifest.json").unlink()
-    result = cli(*TRADES_2025, "--dry-run")
+    (full_year / "manifest.json").unlink()
+    result = cli(*TRADES_2023, "--dry-run")
     assert result.exit_code == 0, result.output
     assert "cached" in result.stdout
     assert "to download" not in result.stdout
     assert gateway.requests == []
-    assert not (cached / "manifest.json").exists()
+    assert not (full_year / "manifest.json").exists()
 
 
 def test_folder_at_the_final_path_fails_before_any_request(gateway, cli, data_dir):

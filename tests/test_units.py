@@ -368,17 +368,6 @@ def test_choose_engine_uses_batch_above_the_threshold_only_in_auto(engine, estim
     assert why
 
 
-def test_tiles_accepts_only_ranges_covering_the_whole_end_to_end():
-    from backend.jobs.batch import tiles
-    from backend.jobs.plan import TimeRange
-
-    whole = TimeRange(0, 30)
-    assert tiles([TimeRange(0, 10), TimeRange(10, 30)], whole)
-    assert not tiles([TimeRange(0, 10), TimeRange(11, 30)], whole)  # a gap
-    assert not tiles([TimeRange(0, 10), TimeRange(5, 30)], whole)  # an overlap
-    assert not tiles([TimeRange(0, 10)], whole)  # short
-
-
 def test_job_request_recognises_its_own_job_among_others():
     """A lost submit's job is found by what it asks for, not by time alone."""
     from backend.jobs.batchjob import JobRequest

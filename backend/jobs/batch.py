@@ -1,8 +1,21 @@
 """The batch engine: one Databento batch job per group, paid once, into the very same files.
 
     submit (or resume the recorded job) -> wait, visibly -> list its files -> download each data
-    file (Range resume, sha256 checked) -> check and split it like a streamed chunk -> merge,
-    publish and record like the stream engine, with the job in the manifest
+    file (Range resume, sha256 checked when listed) -> decode, check and split it -> validate
+    the job's coverage by content -> merge, publish and record like the stream engine, with
+    the job in the manifest
+
+Databento documents neither whether a split period without records gets a (header-only) file
+nor whether each file's header carries its own period or the whole job's range, and a file's
+hash may be null. So nothing is read from file names or header ranges: the files are ordered
+by their first record, every record must lie inside the job's range (and inside its file's
+header range when that lies inside the job), files must not overlap, and their records must
+add up to the job's `record_count`. The merged header is the preflight's, from the symbology
+of the whole request, as one full-range get_range carries it.
+
+A paid job whose files fail that validation is never stuck in a loop of re-runs: its record
+is marked failed (the reason kept in batch-job.json) with its files left for inspection, and
+every later run says so (exit 1) until it is run with --engine stream or --force.
 
 A job's files wait in the data dir until every product built from them is published:
 
@@ -13,6 +26,7 @@ A job's files wait in the data dir until every product built from them is publis
 from __future__ import annotations
 
 import contextlib
+import itertools
 import shutil
 import threading
 import time
@@ -33,9 +47,18 @@ from backend.jobs.cache import (
     make_working_dir,
     publish,
 )
-from backend.jobs.chunks import GrowingFile, Part, part_path, stream_and_check
+from backend.jobs.chunks import GrowingFile, Part, empty_part, stream_and_check
 from backend.jobs.client import RangeRequest
-from backend.jobs.dbnfile import HashingReader, PartFile, request_mismatch, scan
+from backend.jobs.dbnfile import (
+    DbnReader,
+    HashingReader,
+    HeaderFields,
+    PartFile,
+    Readable,
+    decompressed_chunks,
+    scan,
+    sha256_file,
+)
 from backend.jobs.engines import split_duration
 from backend.jobs.errors import (
     CancelledError,
@@ -46,7 +69,7 @@ from backend.jobs.errors import (
 )
 from backend.jobs.manifest import BatchRecord, JobFileRecord, Manifest
 from backend.jobs.merge import MergedWriter
-from backend.jobs.plan import TimeRange, split_range
+from backend.jobs.plan import STYPE_IN, STYPE_OUT, TimeRange, format_ns, split_range
 from backend.jobs.preflight import GroupPlan, ProductPlan
 from backend.jobs.progress import Progress
 from backend.jobs.request import IngestRequest, ProductResult
@@ -60,6 +83,10 @@ BATCH_SUBDIR = ".batch"
 PARTIAL_SUFFIX = ".partial"
 POLL_FIRST_S, POLL_MAX_S, POLL_GROWTH = 1.0, 30.0, 1.5
 RESUME_CHECKS_AT_ONCE = 4
+
+
+class JobInvalidError(IngestError):
+    """A job's files, as the service serves them, cannot make its products (not retried)."""
 
 
 class BatchClient(Protocol):
@@ -104,13 +131,34 @@ def resume_recorded_jobs(
     members: list[ProductPlan],
     *,
     dry_run: bool,
+    skip_failed: bool = False,
 ) -> tuple[list[GroupPlan], list[ProductPlan]]:
-    """(groups fetched from jobs already paid, members left to plan as new work)."""
+    """(groups fetched from jobs already paid, members left to plan as new work).
+
+    A job recorded as failed (its files failed validation) is never resumed: with
+    `skip_failed` (--engine stream or --force) its members are planned as new work; otherwise
+    the run stops with the reason (IngestError, exit 1), so a default re-run never pays for a
+    new job unasked.
+    """
     candidates: dict[object, tuple[JobRecord, list[ProductPlan]]] = {}
     rest = []
+    skipped: set[str | None] = set()
     for member in members:
         record = recorded_job(member)
         if record is None:
+            rest.append(member)
+            continue
+        if record.failed is not None:
+            if not skip_failed:
+                raise IngestError(unusable_message(record, member.folder.data_dir, member.year))
+            if record.job_id not in skipped:
+                skipped.add(record.job_id)
+                logger.warning(
+                    "batch job {} ({}) is recorded as unusable ({}): fetching it without this "
+                    "job; its files stay in {}",
+                    *(record.job_id, describe(record.request, member.year), record.failed),
+                    job_files_folder(member.folder.data_dir, record.job_id),
+                )
             rest.append(member)
             continue
         if not record.request.covers(member.symbol, dataset, member.product.schema, member.span):
@@ -134,7 +182,7 @@ def resume_recorded_jobs(
     for (record, claimed), live in zip(candidates.values(), checks, strict=True):
         if live is None:
             if record.job_id and not dry_run:  # its files can never be used again
-                job_files = claimed[0].folder.data_dir / RAW_SUBDIR / BATCH_SUBDIR / record.job_id
+                job_files = job_files_folder(claimed[0].folder.data_dir, record.job_id)
                 shutil.rmtree(job_files, ignore_errors=True)
             rest.extend(claimed)
             continue
@@ -158,6 +206,22 @@ def resume_recorded_jobs(
             )
         )
     return resumed, rest
+
+
+def job_files_folder(data_dir: Path, job_id: str | None) -> Path:
+    """Where a job's files are downloaded (and kept when they fail validation)."""
+    return data_dir / RAW_SUBDIR / BATCH_SUBDIR / str(job_id)
+
+
+def unusable_message(record: JobRecord, data_dir: Path, year: int) -> str:
+    """One line for a job recorded as failed: which, why, where its files are, the way out."""
+    return (
+        f"batch job {record.job_id} ({describe(record.request, year)}) cannot be used: "
+        f"{record.failed}; its files are kept for inspection in "
+        f"{job_files_folder(data_dir, record.job_id)}; run again with --engine stream or "
+        "--force to fetch it without this job (--force may submit a new batch job, billed "
+        "within --max-cost)"
+    )
 
 
 def record_job(member: ProductPlan, record: JobRecord) -> None:
@@ -210,6 +274,17 @@ def find_submitted(client: BatchClient, record: JobRecord) -> dict[str, Any] | N
 # The engine
 
 
+@dataclass(frozen=True)
+class FileContent:
+    """What one data file of a job holds, established by decoding it completely."""
+
+    name: str
+    records: int
+    first_ts_recv: int | None
+    last_ts_recv: int | None
+    sha256: str = ""  # of the bytes as served
+
+
 @dataclass
 class JobRun:
     """One group's job in this run: its record, then its files as they are fetched."""
@@ -220,12 +295,9 @@ class JobRun:
     state: str = ""
     details: dict[str, Any] = field(default_factory=dict)  # as last polled
     files: list[JobFile] = field(default_factory=list)
-    parts: dict[str, list[Part]] = field(default_factory=dict)  # symbol -> parts
-    records: int | None = 0  # records in the job's data files (None: not all were counted)
+    contents: list[FileContent] = field(default_factory=list)  # data files checked so far
+    parts: dict[str, dict[str, Part]] = field(default_factory=dict)  # file -> symbol -> part
     pending: int = 0  # data files not yet checked
-    # symbol -> its final file, merged as the files land when they are the expected periods
-    writers: dict[str, MergedWriter] = field(default_factory=dict)
-    as_expected: bool = True
     next_poll: float = 0.0
     interval: float = POLL_FIRST_S
 
@@ -307,6 +379,11 @@ class BatchEngine:
             if sent:  # the last attempt may have created the job before it failed
                 found = find_submitted(self.client, record)
                 if found is not None:
+                    logger.info(
+                        "{}: batch job {} was created though the submit's answer was lost; "
+                        "not submitting again",
+                        *(what, found["id"]),
+                    )
                     return found
             sent = True
             return self.client.submit_job(job, what)
@@ -358,30 +435,30 @@ class BatchEngine:
         waiting = list(self.runs)
         deadline = time.monotonic() + self.timeout_s
         pool = ThreadPoolExecutor(max_workers=self.request.jobs, thread_name_prefix="batch")
-        fetching: dict[Future[tuple[int | None, dict[str, Part]]], JobRun] = {}
+        fetching: dict[Future[tuple[FileContent, dict[str, Part]]], JobRun] = {}
         try:
             while waiting or fetching:
                 for run in [run for run in waiting if run.next_poll <= time.monotonic()]:
                     if self._poll(run):
                         waiting.remove(run)
-                        self._start_files(run, pool, fetching, scratch)
+                        with self._validating(run):
+                            self._start_files(run, pool, fetching, scratch)
+                        if run.pending == 0:  # no data file at all
+                            yield from self._finish(run, scratch, started)
                 self._check_deadline(waiting, deadline)
                 next_poll = min((run.next_poll for run in waiting), default=None)
                 timeout = None if next_poll is None else max(0.0, next_poll - time.monotonic())
                 done = self._next_finished(fetching, timeout)
                 for future in done:
                     run = fetching.pop(future)
-                    records, parts = future.result()
-                    counted = records is not None and run.records is not None
-                    run.records = run.records + records if counted else None  # type: ignore[operator]
+                    with self._validating(run):
+                        content, parts = future.result()
+                    run.contents.append(content)
+                    run.parts[content.name] = parts
                     for member in run.group.members:
-                        part = parts[member.symbol]
-                        run.parts.setdefault(member.symbol, []).append(part)
-                        self.progress.advance(member.product.name, part.summary.bytes)
-                        writer = run.writers[member.symbol]
-                        run.as_expected = run.as_expected and writer.expects(part.request.span)
-                        if run.as_expected:
-                            writer.add(part)
+                        self.progress.advance(
+                            member.product.name, parts[member.symbol].summary.bytes
+                        )
                     run.pending -= 1
                     if run.pending == 0:
                         yield from self._finish(run, scratch, started)
@@ -391,9 +468,20 @@ class BatchEngine:
             raise
         finally:
             pool.shutdown(wait=False)
-            for run in self.runs:
-                for writer in run.writers.values():
-                    writer.discard()
+
+    @contextlib.contextmanager
+    def _validating(self, run: JobRun) -> Iterator[None]:
+        """A job whose files fail validation is recorded as failed, once, and ends the run."""
+        try:
+            yield
+        except JobInvalidError as exc:
+            record = run.record = run.record.failing(str(exc))
+            self._record(run.group, record)
+            for parts in run.parts.values():
+                for part in parts.values():
+                    part.path.unlink(missing_ok=True)
+            year = run.group.members[0].year
+            raise IngestError(unusable_message(record, self.data_dir, year)) from None
 
     def _next_finished(self, fetching: dict[Future[Any], JobRun], timeout: float | None) -> set:
         """Files finished within `timeout` (None: wait for one); a stopped run raises."""
@@ -440,32 +528,41 @@ class BatchEngine:
         self,
         run: JobRun,
         pool: ThreadPoolExecutor,
-        fetching: dict[Future[tuple[int | None, dict[str, Part]]], JobRun],
+        fetching: dict[Future[tuple[FileContent, dict[str, Part]]], JobRun],
         scratch: ScratchFiles,
     ) -> None:
         run.files = self.client.job_files(run.job_id)
         data = [file for file in run.files if file.is_data]
-        if not data:
-            raise IngestError(f"batch job {run.job_id} ({run.what}) lists no data file")
+        unreachable = [file.filename for file in data if not file.url]
+        if unreachable:
+            raise JobInvalidError(
+                f"list_files gives no https URL for {len(unreachable)} of its data files "
+                f"({unreachable[0]}, ...)"
+            )
         run.pending = len(data)
         for member in run.group.members:
             self.progress.start(
                 member.product.name, member.folder.parts(member.product.name), len(data)
             )
-            run.writers[member.symbol] = self._writer(member, run.group.chunks, scratch)
         for file in data:
             future = pool.submit(self._fetch_file, run, file, scratch)
             fetching[future] = run
 
     def _fetch_file(
         self, run: JobRun, file: JobFile, scratch: ScratchFiles
-    ) -> tuple[int | None, dict[str, Part]]:
-        """One data file: downloaded (or found complete), sha256 checked, split into parts."""
+    ) -> tuple[FileContent, dict[str, Part]]:
+        """One data file: downloaded (or found complete), decoded and checked, split into parts.
+
+        Its sha256 is checked when list_files gives one. Bytes that fail the check are fetched
+        again (free), unless they are the service's own: the listed sha256, or (no hash) the
+        same bytes served twice; then the job's content itself is wrong (JobInvalidError).
+        """
         complete = run.folder / file.filename
         partial = complete.with_name(file.filename + PARTIAL_SUFFIX)
         label = f"batch job {run.job_id} file {file.filename}"
+        rejected: set[str] = set()  # sha256 of bytes served that failed the check
 
-        def attempt() -> tuple[int | None, dict[str, Part]]:
+        def attempt() -> tuple[FileContent, dict[str, Part]]:
             source = complete if complete.exists() else partial
             if source is partial:
                 if partial.exists() and partial.stat().st_size:
@@ -474,16 +571,24 @@ class BatchEngine:
             else:
                 fetch = lambda: None  # noqa: E731
             try:
-                hashed, (records, parts) = stream_and_check(
+                hashed, (content, parts) = stream_and_check(
                     fetch,
                     source,
-                    lambda growing: self._split(run, growing, scratch),
+                    lambda growing: self._split(run, file, growing, scratch),
                     stop=self.stop,
                 )
-            except CorruptFileError:
+            except CorruptFileError as exc:
+                served = sha256_file(source) if source.exists() else None
+                if served is not None and (served == file.sha256 or served in rejected):
+                    if source is partial:  # the service's own bytes: kept for inspection
+                        partial.replace(complete)
+                    raise JobInvalidError(str(exc)) from None
                 source.unlink(missing_ok=True)  # bad bytes: fetch it whole again (free)
+                if served is not None:
+                    rejected.add(served)
                 raise
-            if hashed.hexdigest() != file.sha256:
+            digest = hashed.hexdigest()
+            if file.sha256 is not None and digest != file.sha256:
                 source.unlink(missing_ok=True)
                 for part in parts.values():
                     part.path.unlink(missing_ok=True)
@@ -492,7 +597,7 @@ class BatchEngine:
                 )
             if source is partial:
                 partial.replace(complete)
-            return records, parts
+            return replace(content, sha256=digest), parts
 
         return retrying(
             attempt,
@@ -503,94 +608,105 @@ class BatchEngine:
         )
 
     def _split(
-        self, run: JobRun, growing: GrowingFile, scratch: ScratchFiles
-    ) -> tuple[Any, tuple[int | None, dict[str, Part]]]:
-        """Check a job file as it arrives (hashing it) and cut it into the members' parts."""
+        self, run: JobRun, file: JobFile, growing: GrowingFile, scratch: ScratchFiles
+    ) -> tuple[Any, tuple[FileContent, dict[str, Part]]]:
+        """Check a job file as it arrives (hashing it) and cut it into the members' parts.
+
+        Its header must be the job's (dataset, schema, stypes, symbols as a set); its range
+        only bounds its records. Each part is named after the file, so files whose headers
+        all carry the job's range do not collide.
+        """
         from backend.jobs.split import split_by_symbol
 
         job = run.record.request
         group = run.group
+        name = group.product.name
         source = HashingReader(growing)
+        source.name = file.filename  # in messages: not the name of the download in progress
+        metadata, replay = peek_metadata(source)
+        wrong = header_mismatch(metadata, job)
+        if wrong:
+            raise CorruptFileError(f"{file.filename} does not match its batch job: {wrong}")
         record_size = group.product.record_size
-        first = group.members[0]
-        whole = RangeRequest(job.dataset, job.symbols, job.schema, job.span)
-        if len(job.symbols) == 1:
-            temp = scratch.new(first.folder.parts(group.product.name) / "file.dbn.zst")
-            try:
-                summary = scan(source, record_size, recode_to=temp)
-                span = file_span(summary.metadata, whole.span, growing.name)
-                wrong = request_mismatch(summary.metadata, replace(whole, span=span))
-                if wrong:
-                    raise CorruptFileError(f"{growing.name} does not match its batch job: {wrong}")
-                final = part_path(first.folder.parts(group.product.name), span)
-                publish(temp, final, durable=False)
-            finally:
-                scratch.discard(temp)
-            alone = RangeRequest(job.dataset, job.symbols, job.schema, span)
-            layout = PartFile.written(final, summary.metadata_bytes)
-            part = Part(alone, final, summary, downloaded=True, layout=layout)
-            return source.sha256, (summary.records, {first.symbol: part})
-        workdir = scratch.new_dir(first.folder.parts(group.product.name) / "split")
-        temps = {
-            member.symbol: scratch.new(member.folder.parts(group.product.name) / "file.dbn.zst")
+        finals = {
+            member.symbol: member.folder.parts(name) / f"batch_{file.filename}"
             for member in group.members
         }
+        temps = {symbol: scratch.new(final) for symbol, final in finals.items()}
+        # A resumed job may hold symbols already published: their records are split out too
+        # (then dropped), so the file's records are all counted and checked.
+        here = group.members[0].folder.parts(name)
+        others = {
+            symbol: scratch.new(here / f"other_{index}.dbn.zst")
+            for index, symbol in enumerate(job.symbols)
+            if symbol not in finals
+        }
+        workdir = None
         try:
-            summaries = split_by_symbol(
-                source, whole, record_size, temps, workdir, span_from_file=True
-            )
-            # the file's header was checked against the job by the split; its range is each part's
-            span = file_span(next(iter(summaries.values())).metadata, whole.span, growing.name)
-            parts = {}
-            for member in group.members:
-                summary = summaries[member.symbol]
-                final = part_path(member.folder.parts(group.product.name), span)
-                publish(temps[member.symbol], final, durable=False)
-                alone = RangeRequest(job.dataset, (member.symbol,), job.schema, span)
-                layout = PartFile.written(final, summary.metadata_bytes)
-                parts[member.symbol] = Part(alone, final, summary, downloaded=True, layout=layout)
-            records = sum(summary.records for summary in summaries.values())
-            complete = len(summaries) == len(job.symbols)
-            return source.sha256, (records if complete else None, parts)
+            if len(job.symbols) == 1:
+                symbol = group.members[0].symbol
+                summaries = {symbol: scan(replay, record_size, recode_to=temps[symbol])}
+            else:
+                workdir = scratch.new_dir(here / "split")
+                # the symbols in the file's order: the split checks its header against them
+                asked = RangeRequest(job.dataset, tuple(metadata.symbols), job.schema, job.span)
+                summaries = split_by_symbol(
+                    replay, asked, record_size, {**temps, **others}, workdir, span_from_file=True
+                )
+            for symbol, final in finals.items():
+                publish(temps[symbol], final, durable=False)
         finally:
-            scratch.discard(workdir)
-            for temp in temps.values():
+            if workdir is not None:
+                scratch.discard(workdir)
+            for temp in [*temps.values(), *others.values()]:
                 scratch.discard(temp)
+        parts = {}
+        for symbol, final in finals.items():
+            summary = summaries[symbol]
+            alone = RangeRequest(job.dataset, (symbol,), job.schema, job.span)
+            layout = PartFile.written(final, summary.metadata_bytes)
+            parts[symbol] = Part(alone, final, summary, downloaded=True, layout=layout)
+        stamped = [summary for summary in summaries.values() if summary.records]
+        content = FileContent(
+            name=file.filename,
+            records=sum(summary.records for summary in summaries.values()),
+            first_ts_recv=min((int(s.first_ts_recv or 0) for s in stamped), default=None),
+            last_ts_recv=max((int(s.last_ts_recv or 0) for s in stamped), default=None),
+        )
+        return source.sha256, (content, parts)
 
     def _finish(
         self, run: JobRun, scratch: ScratchFiles, started: float
     ) -> Iterator[ProductResult]:
-        """Every file checked: each member's parts must tile its range; merge and publish."""
+        """Every file checked: validate the job's coverage, then merge and publish each member."""
         from backend.jobs.download import finish_product
 
-        expected = run.details.get("record_count")
-        if run.records is not None and isinstance(expected, int) and expected != run.records:
-            raise IngestError(
-                f"batch job {run.job_id} ({run.what}): its files hold {run.records:,} records, "
-                f"the job reports {expected:,}; run again to download it once more (free)"
+        with self._validating(run):
+            problem = coverage_problem(
+                run.contents, run.record.request.span, run.details.get("record_count")
             )
+            if problem:
+                raise JobInvalidError(problem)
+        served = {content.name: content.sha256 for content in run.contents}
         batch = BatchRecord(
             job_id=run.job_id,
             cost_usd=run.record.cost_usd,
             symbols=run.record.request.symbols,
             split_duration=run.record.request.split_duration,
-            files=tuple(JobFileRecord(f.filename, f.size, f.sha256) for f in run.files),
+            files=tuple(
+                JobFileRecord(f.filename, f.size, served.get(f.filename) or str(f.sha256))
+                for f in run.files
+                if served.get(f.filename) or f.sha256  # a support file without a hash: unknown
+            ),
         )
         for member in run.group.members:
-            parts = sorted(run.parts[member.symbol], key=lambda part: part.request.span)
-            spans = [part.request.span for part in parts]
-            if not tiles(spans, member.span):
-                raise IngestError(
-                    f"batch job {run.job_id}: the files of {member.symbol} do not cover "
-                    f"{member.span} exactly ({len(spans)} files)"
-                )
-            writer = run.writers[member.symbol]
-            if not run.as_expected:  # files of other periods than expected: merged now
-                writer.discard()
-                writer = run.writers[member.symbol] = self._writer(member, spans, scratch)
+            parts = merge_order(
+                [parts[member.symbol] for parts in run.parts.values()], member.span
+            ) or [self._empty_part(member, scratch)]
+            writer = self._writer(member, [part.request.span for part in parts], scratch)
+            try:
                 for part in parts:
                     writer.add(part)
-            try:
                 result = finish_product(
                     self.request, member=member, writer=writer, started=started, batch=batch
                 )
@@ -601,10 +717,29 @@ class BatchEngine:
             yield result
         self._drop_job_files(run)
 
+    def _empty_part(self, member: ProductPlan, scratch: ScratchFiles) -> Part:
+        """A member's records when the job lists no data file at all: none, behind its header."""
+        name = member.product.name
+        request = RangeRequest(
+            self.request.dataset, (member.symbol,), member.product.schema, member.span
+        )
+        final = member.folder.make_parts(name) / "batch_empty.dbn.zst"
+        served, recoded = scratch.new(final), scratch.new(final)
+        try:
+            record_size = member.product.record_size
+            summary = empty_part(served, request, member.header, record_size, recoded)
+            publish(recoded, final, durable=False)
+        finally:
+            scratch.discard(served)
+            scratch.discard(recoded)
+        layout = PartFile.written(final, summary.metadata_bytes)
+        return Part(request, final, summary, downloaded=True, layout=layout)
+
     def _writer(
         self, member: ProductPlan, chunks: list[TimeRange], scratch: ScratchFiles
     ) -> MergedWriter:
-        """The member's final file, made of `chunks` (the job's files, in time order)."""
+        """The member's final file, made of `chunks` (its parts, in time order), behind the
+        header one request for its whole range carries (`whole_request_header`)."""
         name = member.product.name
         whole = RangeRequest(
             self.request.dataset, (member.symbol,), member.product.schema, member.span
@@ -613,9 +748,10 @@ class BatchEngine:
             member.folder.final(name),
             whole,
             chunks,
-            member.header,
+            whole_request_header(member),
             scratch,
             destination=(member.folder.storage, member.folder.final_key(name)),
+            header_fixed=True,
         )
 
     def _drop_job_files(self, run: JobRun) -> None:
@@ -630,22 +766,130 @@ class BatchEngine:
         shutil.rmtree(run.folder, ignore_errors=True)
 
 
-def file_span(metadata: Metadata, job_span: TimeRange, name: str) -> TimeRange:
-    """The range a job file answers, from its own header; it must lie inside the job's."""
-    span = TimeRange(metadata.start, metadata.end or 0)
-    if not job_span.start_ns <= span.start_ns < span.end_ns <= job_span.end_ns:
-        raise CorruptFileError(f"{name} covers {span}, outside its job's range {job_span}")
-    return span
+class _Replay:
+    """Bytes already read from a stream, then the rest of it."""
+
+    def __init__(self, head: bytes, rest: Readable) -> None:
+        self.name = rest.name
+        self._head = head
+        self._rest = rest
+
+    def read(self, size: int) -> bytes:
+        if self._head:
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        return self._rest.read(size)
 
 
-def tiles(spans: list[TimeRange], whole: TimeRange) -> bool:
-    """Pure: sorted ranges that cover `whole` end to end, without gap or overlap."""
-    cursor = whole.start_ns
-    for span in spans:
-        if span.start_ns != cursor:
-            return False
-        cursor = span.end_ns
-    return cursor == whole.end_ns
+class _Recording:
+    """Reads a stream, keeping every byte read."""
+
+    def __init__(self, source: Readable) -> None:
+        self.name = source.name
+        self.data = bytearray()
+        self._source = source
+
+    def read(self, size: int) -> bytes:
+        data = self._source.read(size)
+        self.data += data
+        return data
+
+
+def peek_metadata(source: Readable) -> tuple[Metadata, Readable]:
+    """A stream's DBN metadata, and a reader of the whole stream from its first byte."""
+    recording = _Recording(source)
+    metadata, _ = DbnReader(decompressed_chunks(recording, source.name), source.name).metadata()
+    return metadata, _Replay(bytes(recording.data), source)
+
+
+def header_mismatch(metadata: Metadata, job: JobRequest) -> str:
+    """Pure: what in a job file's header is not the job's ("" when nothing).
+
+    Symbols are compared as a set; the range is not compared (a file may carry its own
+    period or the job's), its records are checked instead.
+    """
+    expected = {
+        "dataset": (metadata.dataset, job.dataset),
+        "schema": (str(metadata.schema), job.schema),
+        "stype_in": (str(metadata.stype_in), STYPE_IN),
+        "stype_out": (str(metadata.stype_out), STYPE_OUT),
+        "symbols": (sorted(set(metadata.symbols)), sorted(set(job.symbols))),
+    }
+    return ", ".join(
+        f"{key} {got!r} != {want!r}" for key, (got, want) in expected.items() if got != want
+    )
+
+
+def whole_request_header(member: ProductPlan) -> HeaderFields:
+    """Pure: the header one get_range of the member's whole range carries, never a union of
+    its files' headers: the preflight's symbology (symbology.resolve of the whole range), and
+    the symbol `partial` when it is not listed over all of that range, as the stream engine
+    concludes from its chunks."""
+    cursor = member.span.start_ns
+    gap = False
+    for period in sorted(member.listed):
+        gap = gap or period.start_ns > cursor
+        cursor = max(cursor, period.end_ns)
+    gap = gap or cursor < member.span.end_ns
+    return replace(member.header, partial=[member.symbol] if gap else [], not_found=[])
+
+
+def coverage_problem(files: list[FileContent], span: TimeRange, record_count: Any) -> str:
+    """Pure: why a job's data files do not hold exactly its records ("" when they do).
+
+    Every record inside the job's range, no two files overlapping (ordered by their first
+    record; a file without records overlaps nothing), and the records adding up to the job's
+    `record_count` (when the job reports one). Files for periods without records may be
+    there (header only) or not.
+    """
+    held = [file for file in files if file.records]
+    for file in held:
+        first, last = int(file.first_ts_recv or 0), int(file.last_ts_recv or 0)
+        if first < span.start_ns or last >= span.end_ns:
+            return (
+                f"{file.name} holds records from {format_ns(first)} to {format_ns(last)}, "
+                f"outside the job's range {span}"
+            )
+    held.sort(key=lambda file: (file.first_ts_recv or 0, file.last_ts_recv or 0))
+    for before, after in itertools.pairwise(held):
+        if int(before.last_ts_recv or 0) > int(after.first_ts_recv or 0):
+            return (
+                f"its files {before.name} and {after.name} overlap (records from "
+                f"{format_ns(int(after.first_ts_recv or 0))} to "
+                f"{format_ns(int(before.last_ts_recv or 0))} in both)"
+            )
+    total = sum(file.records for file in files)
+    counted = isinstance(record_count, int) and not isinstance(record_count, bool)
+    if counted and total != record_count:
+        return (
+            f"its {len(files)} data files hold {total:,} records, the job reports {record_count:,}"
+        )
+    return ""
+
+
+def merge_order(parts: list[Part], span: TimeRange) -> list[Part]:
+    """Pure: a member's parts as the merge takes them: those with records, by first record.
+
+    Each is relabelled with a range that tiles `span` from its first record to the next
+    part's, so the merge can place it whatever range its file's header claimed. Parts without
+    records add nothing (the header is the whole request's); only when every part is empty is
+    one kept, for the file to be written at all.
+    """
+    ordered = (
+        sorted(
+            (part for part in parts if part.summary.records),
+            key=lambda part: (part.summary.first_ts_recv or 0, part.summary.last_ts_recv or 0),
+        )
+        or parts[:1]
+    )
+    starts = [span.start_ns]
+    for part in ordered[1:]:
+        starts.append(max(int(part.summary.first_ts_recv or 0), starts[-1] + 1))
+    ends = [*starts[1:], span.end_ns]
+    return [
+        replace(part, request=replace(part.request, span=TimeRange(start, end)))
+        for part, start, end in zip(ordered, starts, ends, strict=True)
+    ]
 
 
 def _cost(cost_usd: float | None) -> str:

@@ -170,6 +170,34 @@ def check_working_dir(path: Path) -> None:
         raise IngestError(f"{path} is not a folder: remove it (rm '{path}') and run again")
 
 
+def check_existing_working_dir(path: Path) -> None:
+    """Before any request: a working folder already there is real and writable (one that is
+    not there yet is created as a real folder when it is needed)."""
+    if not (path.is_symlink() or path.exists()):
+        return
+    check_working_dir(path)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise IngestError(
+            f"{path} is not writable: fix its permissions (the tool's working folder) and run again"
+        )
+
+
+def writable_folder(folder: Path) -> str | None:
+    """Why `folder` cannot take the run's working files, or None: created if absent (with its
+    parents, as mkdir -p), then a probe file written and removed, which also catches a read-only
+    mount and a full quota where permission bits say nothing (e.g. for root)."""
+    probe = temp_path_for(folder / ".write-probe")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with probe.open("xb"):
+            pass
+        probe.unlink()
+    except OSError as exc:
+        named = folder if exc.filename in {None, str(probe)} else exc.filename
+        return f"{exc.strerror or exc} ({named})"
+    return None
+
+
 def temp_path_for(final: Path) -> Path:
     """A unique name beside `final`, so `os.replace` onto it is atomic (same filesystem)."""
     return final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")

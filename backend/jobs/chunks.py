@@ -37,15 +37,15 @@ class Downloader(Protocol):
 class Part:
     """A finished chunk on disk whose content matches its request.
 
-    Stored as served when it alone makes the product; otherwise re-encoded in the two-frame
-    `PartFile` layout, its records ready to be copied into the merge.
+    Always re-encoded in the canonical `PartFile` layout (even when it alone makes the
+    product), its records frames ready to be copied into the merge.
     """
 
     request: RangeRequest
     path: Path
     summary: StreamSummary
     downloaded: bool  # False when a previous run left it behind
-    layout: PartFile | None  # None: kept as served
+    layout: PartFile
 
 
 def part_path(parts_dir: Path, span: TimeRange) -> Path:
@@ -167,7 +167,6 @@ def fetch_chunk(
     policy: RetryPolicy,
     stop: threading.Event,
     label: str,
-    as_served: bool = False,
     empty_header: HeaderFields | None = None,
 ) -> Part:
     """Reuse a valid part from an earlier run, or download, check, re-encode and publish it.
@@ -176,14 +175,14 @@ def fetch_chunk(
     with no session day) becomes an empty part with that header, as an empty stream would.
     """
     final = part_path(parts_dir, request.span)
-    kept = reusable_part(final, request, record_size, label, as_served=as_served)
+    kept = reusable_part(final, request, record_size, label, scratch)
     if kept is not None:
         return kept
 
     def attempt() -> Part:
         inflight = scratch.new_dir(final)  # the SDK's file lives here until it is checked
         served = inflight / final.name
-        recoded = None if as_served else scratch.new(final)
+        recoded = scratch.new(final)
         try:
             began = time.monotonic()
             try:
@@ -198,17 +197,16 @@ def fetch_chunk(
                     raise
                 log_nothing_to_resolve(label, request.span)
                 summary = empty_part(served, request, empty_header, record_size, recoded)
-            publish(recoded or served, final, durable=False)
+            publish(recoded, final, durable=False)
             logger.debug(
                 "{}: {} records, {} bytes kept, in {:.2f}s",
                 *(label, summary.records, summary.bytes, time.monotonic() - began),
             )
-            layout = None if recoded is None else PartFile.written(final, summary.metadata_bytes)
+            layout = PartFile.written(final, summary.metadata_bytes)
             return Part(request, final, summary, downloaded=True, layout=layout)
         finally:
             scratch.discard(inflight)
-            if recoded is not None:
-                scratch.discard(recoded)
+            scratch.discard(recoded)
 
     return retrying(
         attempt,
@@ -230,7 +228,7 @@ def empty_part(
     request: RangeRequest,
     header: HeaderFields,
     record_size: int,
-    recode_to: Path | None,
+    recode_to: Path,
 ) -> StreamSummary:
     """What an empty stream for `request` would be: its header and no record, checked."""
     path.write_bytes(PartFile.header_frame(encode_header(request, header)))
@@ -238,19 +236,27 @@ def empty_part(
 
 
 def reusable_part(
-    final: Path, request: RangeRequest, record_size: int, label: str, *, as_served: bool = False
+    final: Path, request: RangeRequest, record_size: int, label: str, scratch: ScratchFiles
 ) -> Part | None:
-    """A part an earlier run finished for this request, checked again; None if there is none."""
+    """A part an earlier run finished for this request, checked again; None if there is none.
+
+    It is re-encoded as it is checked: a part left by another version (another framing, another
+    zstd) then merges into the same bytes as a part downloaded now.
+    """
     if not final.exists():
         return None
+    recoded = scratch.new(final)
     try:
-        summary = check_part(final, request, record_size)
-        layout = None if as_served else PartFile.locate(final, len(summary.metadata_bytes))
-        return Part(request, final, summary, downloaded=False, layout=layout)
+        summary = check_part(final, request, record_size, recode_to=recoded)
+        publish(recoded, final, durable=False)
     except CorruptFileError as exc:
         logger.warning("{}: discarding unusable part {}: {}", label, final.name, exc)
         final.unlink(missing_ok=True)
         return None
+    finally:
+        scratch.discard(recoded)
+    layout = PartFile.written(final, summary.metadata_bytes)
+    return Part(request, final, summary, downloaded=False, layout=layout)
 
 
 def fetch_group_chunk(
@@ -279,7 +285,7 @@ def fetch_group_chunk(
     finals = {symbol: part_path(parts_dirs[symbol], request.span) for symbol in request.symbols}
     parts: dict[str, Part] = {}
     for symbol, final in finals.items():
-        kept = reusable_part(final, alone(symbol), record_size, label)
+        kept = reusable_part(final, alone(symbol), record_size, label, scratch)
         if kept is not None:
             parts[symbol] = kept
     missing = tuple(symbol for symbol in request.symbols if symbol not in parts)

@@ -26,25 +26,21 @@ from backend.jobs.engines import (
 from backend.jobs.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
-    EXIT_INVALID_INPUT,
     IngestError,
     InvalidInputError,
     StopRequestedError,
 )
 from backend.jobs.logs import setup_logging, warnings_logged
-from backend.jobs.plan import (
-    CHUNKINGS,
-    normalize_dataset,
-    normalize_symbol,
-    parse_products,
-)
+from backend.jobs.plan import CHUNKINGS, counted, normalize_dataset, parse_products
 from backend.jobs.request import DEFAULT_GROUP_SIZE
 from backend.jobs.retry import DEFAULT_TIMEOUT_S, MAX_RETRY_AFTER_S
 from backend.jobs.settings import Settings
-from backend.jobs.universe import parse_year, universe
+from backend.jobs.universe import parse_year, symbol_option, universe
 
 if TYPE_CHECKING:
+    from backend.jobs.ingest import IngestReport
     from backend.jobs.inventory import CachedProduct
+    from backend.jobs.request import IngestRequest
     from backend.jobs.store import Store
 
 EXIT_CODES_HELP = """\b
@@ -56,6 +52,8 @@ Exit codes:
   129  stopped by SIGHUP (terminal closed); run the same command again to resume
   130  interrupted (Ctrl-C); run the same command again to resume
   143  stopped by SIGTERM (docker stop, systemd, timeout); run it again to resume
+A run that ends several ways exits with the first that applies: 3, then 1 (run it
+again), then 2 (fix the input); the summary names each symbol-year not fetched and why.
 """
 
 ENV_HELP = """\b
@@ -81,8 +79,9 @@ app = typer.Typer(
 DataDirOption = Annotated[
     str | None,
     typer.Option(
-        help="Cache root: a folder or s3://BUCKET/PREFIX (credentials, region and endpoint from "
-        "the standard AWS configuration) [default: the repository's data/; env DATA_DIR; "
+        help="Cache root: a folder or s3://BUCKET/PREFIX (a valid S3 bucket name; no "
+        "credentials, '?', '#', '.' or '..' in the URL: credentials, region and endpoint come "
+        "from the standard AWS configuration) [default: the repository's data/; env DATA_DIR; "
         "empty = default].",
         show_default=False,
     ),
@@ -95,6 +94,18 @@ DatasetFilterOption = Annotated[
 def _fail(exc: IngestError) -> typer.Exit:
     logger.error("{}", exc)
     return typer.Exit(exc.exit_code)
+
+
+def failure_lines(report: IngestReport, request: IngestRequest) -> list[str]:
+    """Pure: the stderr lines of a run that did not fetch everything. Each unknown symbol-year
+    or year without data on its own line; the error that stopped the downloads once, after the
+    symbol-year-products it left (a single symbol-year: the error alone, as ever)."""
+    lines = [f"{failure.name}: {failure.message}" for failure in report.plan.failures]
+    if report.error is not None:
+        names = ", ".join(failure.name for failure in report.unfetched)
+        universe_left = request.is_universe and names
+        lines.append(f"{names}: {report.error}" if universe_left else str(report.error))
+    return lines
 
 
 @app.command(
@@ -124,7 +135,9 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     symbols_file: Annotated[
         str | None,
         typer.Option(
-            help="A file of tickers, one per line; blank lines and # comments ignored.",
+            help="A file of tickers, one per line; blank lines and # comments ignored; UTF-8 "
+            "(a BOM is fine) or UTF-16 with a BOM; at most 1 MB and 100,000 tickers; - reads "
+            "standard input.",
             show_default=False,
         ),
     ] = None,
@@ -209,14 +222,15 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
         str,
         typer.Option(
             help="With --engine auto: the estimated size above which a batch job is used "
-            "(e.g. 800MB, 5GB).",
+            "(e.g. 800MB, 5GB, 2GiB; KB, MB, GB, TB are powers of 1000).",
         ),
     ] = DEFAULT_BATCH_ABOVE,
     batch_timeout: Annotated[
         str,
         typer.Option(
-            help="How long to wait for batch jobs to be processed (e.g. 90m, 6h); an unfinished "
-            "job stays recorded and the next run picks it up without paying again.",
+            help="How long to wait for batch jobs to be processed: a number with d, h, m or s "
+            "(e.g. 90m, 6h, 1h30m, 1d) or seconds, from 1s to 30d; an unfinished job stays "
+            "recorded and the next run picks it up without paying again.",
         ),
     ] = DEFAULT_BATCH_TIMEOUT,
     dry_run: Annotated[
@@ -305,10 +319,10 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
             tables.print_plan(report, request)
         elif show_tables and (request.is_universe or report.downloaded):
             tables.print_summary(report, request)
-        if report.failures:
-            for failure in report.failures:
-                logger.error("{} {}: {}", failure.symbol, failure.year, failure.message)
-            raise typer.Exit(EXIT_INVALID_INPUT)
+        for line in failure_lines(report, request):
+            logger.error("{}", line)
+        if report.exit_code:
+            raise typer.Exit(report.exit_code)
     except IngestError as exc:
         raise _fail(exc) from None
     except OSError as exc:
@@ -333,7 +347,7 @@ def _cached(
         store, _ = Settings.from_env(data_dir=data_dir).location()
         return store, cached_products(
             store,
-            normalize_symbol(symbol) if symbol else None,
+            symbol_option(symbol, "--symbol") if symbol else None,
             parse_year(year) if year else None,
             normalize_dataset(dataset) if dataset else None,
         )
@@ -356,16 +370,28 @@ def status(
 ) -> None:
     """List cached products by dataset, symbol and year: size, records, range, manifest state.
 
-    Every file and manifest entry is listed; damaged entries are marked. Reads the data dir
-    only (a folder, or a bucket's listing and manifests): no Databento, no API key needed.
+    Every file and manifest entry is listed; damaged entries are marked, a file with no entry
+    is named by what its own header says it holds. Then the batch jobs recorded for products
+    still being fetched: job id, state, age, cost. Reads the data dir only (a folder, or a
+    bucket's listing, manifests and job records): no Databento, no API key needed.
     """
+    from backend.jobs.inventory import recorded_jobs, status_json
     from backend.jobs.report import print_status
 
-    _, items = _cached(symbol, year, dataset, data_dir)
+    store, items = _cached(symbol, year, dataset, data_dir)
+    try:  # the filters were checked by _cached
+        jobs = recorded_jobs(
+            store,
+            symbol_option(symbol, "--symbol") if symbol else None,
+            parse_year(year) if year else None,
+            normalize_dataset(dataset) if dataset else None,
+        )
+    except IngestError as exc:
+        raise _fail(exc) from None
     if as_json:
-        sys.stdout.write(json.dumps([item.as_json() for item in items], indent=2) + "\n")
+        sys.stdout.write(json.dumps(status_json(store, items, jobs), indent=2) + "\n")
     else:
-        print_status(items)
+        print_status(items, jobs)
 
 
 @app.command(
@@ -397,7 +423,7 @@ def verify(
             logger.error("BAD {}: {}", item.path, problem)
         else:
             logger.info("ok  {} ({} bytes, sha256 {})", item.path, item.bytes, item.sha256)
-    logger.info("verified {} file(s): {} ok, {} bad", len(items), len(items) - bad, bad)
+    logger.info("verified {}: {} ok, {} bad", counted(len(items), "file"), len(items) - bad, bad)
     if bad:
         raise typer.Exit(EXIT_FAILED)
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,6 @@ NOTHING_TO_RESOLVE = "symbology_invalid_request"
 WRITE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES}
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 JOB_GONE_STATUSES = frozenset({404, 410})  # a batch job expired or unknown to the service
-ALL_JOB_STATES = "received,queued,processing,done,expired"
 DOWNLOAD_BLOCK = 1 << 16  # a cut answer loses at most the block in flight (urllib3 2)
 # Hosts a batch file may be fetched from with the API key, besides the gateway's own.
 DOWNLOAD_DOMAIN = "databento.com"
@@ -195,9 +195,19 @@ class DatabentoClient:
         return answer
 
     def jobs_since(self, since: str) -> list[dict[str, Any]]:
-        """Every job submitted since `since`, in any state (short form: id, state, ts)."""
+        """Every live job submitted since `since` (short form: id, state, ts_received).
+
+        Sent without `states`, on purpose. The filter is documented to take only `queued`,
+        `processing`, `done` and `expired` (the SDK's `JobState` has nothing else, and a service
+        that validates it refuses `received` with a 422), yet a job can still *show* `received`
+        just after its submit, and whether a `queued` filter matches such a job is not
+        documented. Left out, the filter is the service's default, documented as "all except
+        expired": the one documented way to ask for a job whatever state it has reached (the
+        Rust client lists jobs the same way). Expired jobs are not needed: one that expired can
+        never be used, so a new job would be submitted all the same.
+        """
         answer = self._call(
-            self._sdk.batch.list_jobs, "list of batch jobs", states=ALL_JOB_STATES, since=since
+            self._sdk.batch.list_jobs, "list of batch jobs", states=None, since=since
         )
         if not isinstance(answer, list):
             raise IngestError("unexpected answer from Databento for the list of batch jobs")
@@ -208,7 +218,7 @@ class DatabentoClient:
         answer = self._call(self._sdk.batch.list_files, what, job_id, job_id=job_id)
         try:
             return [JobFile.parse(item) for item in answer]
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise IngestError(f"unexpected answer from Databento for the {what}: {exc}") from None
 
     def download_file(self, file: JobFile, path: Path, job_id: str) -> None:
@@ -220,7 +230,7 @@ class DatabentoClient:
         """
         import requests
 
-        self._check_download_url(file)
+        url = self._check_download_url(file, job_id)
         what = f"{file.filename} of batch job {job_id}"
         have = path.stat().st_size if path.exists() else 0
         if have > file.size:
@@ -233,7 +243,7 @@ class DatabentoClient:
         timeout = (self.timeout_s, self.timeout_s)
         try:
             with requests.get(
-                file.url, headers=headers, auth=auth, stream=True, timeout=timeout
+                url, headers=headers, auth=auth, stream=True, timeout=timeout
             ) as response:
                 mode = self._download_mode(response, have, file, what, job_id)
                 with path.open(mode) as handle:
@@ -247,8 +257,14 @@ class DatabentoClient:
         if got != file.size:
             raise TransientError(f"{what}: {got} of {file.size} bytes arrived")
 
-    def _check_download_url(self, file: JobFile) -> None:
-        """The key goes only to https on the gateway's host or Databento's own domain."""
+    def _check_download_url(self, file: JobFile, job_id: str) -> str:
+        """The file's https URL, if the key may go there: https on the gateway's host or
+        Databento's own domain."""
+        if file.url is None:
+            raise IngestError(
+                f"batch job {job_id} lists {file.filename} without an https URL: Databento "
+                "offers no download of it (the SDK cannot fetch it either)"
+            )
         parts = urlsplit(file.url)
         host = (parts.hostname or "").lower()
         ours = host == self._gateway_host or host.endswith("." + DOWNLOAD_DOMAIN)
@@ -257,6 +273,7 @@ class DatabentoClient:
                 f"batch file {file.filename} is served from {parts.scheme}://{host}, which is "
                 "neither https on the gateway's host nor Databento's: not sending the API key there"
             )
+        return file.url
 
     def _download_mode(
         self, response: Any, have: int, file: JobFile, what: str, job_id: str
@@ -354,7 +371,21 @@ def server_reason(exc: Any) -> str:
         return "; ".join(str(item.get("msg", item)) for item in detail if isinstance(item, dict))
     if detail:
         return str(detail)
-    return str(exc.message or "").strip() or "no reason given"
+    message = str(exc.message or "").strip()
+    if not message:  # `502 Bad Gateway` after `HTTP 502`: the page's title without the status
+        title = _page_title(getattr(exc, "http_body", None))
+        message = title.removeprefix(f"{getattr(exc, 'http_status', '')} ")
+    return message or "no reason given"
+
+
+def _page_title(body: Any) -> str:
+    """What a non-JSON error page says (a proxy's `502 Bad Gateway`): its title or first line."""
+    text = str(body or "")
+    title = re.search(r"<title>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    if title:
+        return " ".join(title[1].split())[:200]
+    lines = [line.strip() for line in re.sub(r"<[^>]*>", "\n", text).splitlines()]
+    return next((line[:200] for line in lines if line), "")
 
 
 def translatable() -> tuple[type[BaseException], ...]:

@@ -3,6 +3,10 @@
 `zstandard`'s stream reader silently accepts a truncated last frame, so decompression here
 walks frame by frame and fails unless every frame it started also ended. Streams may hold
 several concatenated frames; all of them are read.
+
+Files this tool writes (parts and final files) are framed canonically: the DBN header as one
+zstd frame, then one frame per UTC day of the records' `ts_recv` (`DayFrames`). Their bytes
+are then a function of the metadata and records alone, whatever chunks they arrived in.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ PREFIX = struct.Struct("<3sBI")  # magic, version, metadata length
 # was ~25% faster than level 1 for a similar size; readers decompress it faster too.
 COMPRESSION_LEVEL = -1
 TS_RECV_OFFSET = 32  # same in TradeMsg and MBP1Msg: header(16) price(8) size(4) 4 x u8
+NS_PER_DAY = 86_400 * 1_000_000_000
+# Each day's frame is fed to zstd in pieces of this size counted from the frame's start, so its
+# bytes never depend on how the records arrived; memory stays flat however big the day is.
+FRAME_PIECE = 1 << 20
+FRAMING = "utc-day"  # the manifest's name for the canonical framing (see DayFrames)
 
 
 class Readable(Protocol):
@@ -137,6 +146,14 @@ class DbnReader:
         except Exception as exc:  # noqa: BLE001  databento_dbn raises plain ValueError/Exception
             raise CorruptFileError(f"{self._name} has undecodable DBN metadata: {exc}") from None
 
+    def record_size(self) -> int | None:
+        """The length of the first record (after `metadata()`); None when there is none."""
+        if not self._fill(1):
+            return None
+        if not self._buffer[0]:
+            raise CorruptFileError(f"{self._name} holds a record of length 0")
+        return self._buffer[0] * 4
+
     def record_blocks(self, record_size: int) -> Iterator[memoryview]:
         """Yield whole records, many at a time; fail on a torn record at the end.
 
@@ -216,9 +233,9 @@ def scan(
     """Decode a whole file: metadata, record layout and order, sha256 of the compressed bytes.
 
     `path` may also be a reader (e.g. of a file still being downloaded). With `recode_to`, the
-    stream is also written there as two frames, the header then all records, and sha256/bytes
-    describe that file: its records frame can later be copied behind another header without
-    decompressing it.
+    stream is also written there in the canonical `PartFile` layout (the header frame, then
+    one frame per UTC day), and sha256/bytes describe that file: its records frames can later
+    be copied behind another header without decompressing them.
     """
     with contextlib.ExitStack() as stack:
         if isinstance(path, Path):
@@ -233,19 +250,17 @@ def scan(
             name, record_size, metadata.start if start_ns is None else start_ns, end_ns
         )
         digest: HashingReader | HashingWriter = source
-        records_out = None
+        frames = None
         if recode_to is not None:
             digest = HashingWriter(stack.enter_context(recode_to.open("wb")))
             digest.write(PartFile.header_frame(raw))
-            records_out = stack.enter_context(
-                zstandard.ZstdCompressor(
-                    level=COMPRESSION_LEVEL, write_checksum=True
-                ).stream_writer(digest, closefd=False)
-            )
+            frames = DayFrames(digest, record_size)
         for block in reader.record_blocks(record_size):
-            check.feed(block)
-            if records_out is not None:
-                records_out.write(block)
+            check.feed(block)  # before framing: DayFrames relies on the order checked here
+            if frames is not None:
+                frames.write(block)
+        if frames is not None:
+            frames.close()
     return StreamSummary(
         metadata=metadata,
         metadata_bytes=raw,
@@ -261,12 +276,105 @@ def compress_frame(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, write_checksum=True).compress(data)
 
 
+class DayFrames:
+    """Writes records in the canonical framing: one zstd frame per UTC day of their ts_recv.
+
+    A frame depends only on its day's records: a fixed level, a checksum, no content size, and
+    the compressor fed in `FRAME_PIECE` pieces from the frame's start however the records
+    arrive (zstd's output may depend on how its input is fed). A day without records has no
+    frame. So parts cut at UTC midnights concatenate into exactly what one stream of the whole
+    range gives, and the same records give the same bytes whatever the chunks were.
+    """
+
+    def __init__(self, sink: HashingWriter, record_size: int) -> None:
+        self._sink = sink
+        self._record_size = record_size
+        self._compressor = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, write_checksum=True)
+        self._frame: zstandard.ZstdCompressionObj | None = None
+        self._day: int | None = None
+        self._pending = bytearray()
+
+    def write(self, block: bytes | memoryview) -> None:
+        """Append whole records, already checked to be in ascending ts_recv order."""
+        import numpy as np
+
+        size = self._record_size
+        count = len(block) // size
+        if not count:
+            return
+        stamps = np.ndarray((count,), "<u8", block, TS_RECV_OFFSET, (size,))
+        days = stamps // np.uint64(NS_PER_DAY)
+        cuts = (np.flatnonzero(days[1:] != days[:-1]) + 1).tolist()
+        view = memoryview(block)
+        for first, end in zip([0, *cuts], [*cuts, count], strict=True):
+            self._begin(int(days[first]))
+            self._feed(view[first * size : end * size])
+
+    def close(self) -> None:
+        """End the last day's frame."""
+        self._end()
+
+    def _begin(self, day: int) -> None:
+        if day == self._day:
+            return
+        if self._day is not None and day < self._day:
+            raise RuntimeError("records reached DayFrames out of ts_recv order")
+        self._end()
+        self._frame = self._compressor.compressobj()  # content size unknown: never written
+        self._day = day
+
+    def _feed(self, data: memoryview) -> None:
+        pending = self._pending
+        if pending:
+            take = FRAME_PIECE - len(pending)
+            pending += data[:take]
+            data = data[take:]
+            if len(pending) < FRAME_PIECE:
+                return
+            self._compress(pending)
+            pending.clear()
+        while len(data) >= FRAME_PIECE:
+            self._compress(data[:FRAME_PIECE])
+            data = data[FRAME_PIECE:]
+        pending += data
+
+    def _compress(self, piece: bytes | bytearray | memoryview) -> None:
+        if self._frame is None:
+            raise RuntimeError("DayFrames fed outside a frame")
+        if out := self._frame.compress(piece):
+            self._sink.write(out)
+
+    def _end(self) -> None:
+        if self._frame is None:
+            return
+        if self._pending:
+            self._compress(self._pending)
+            self._pending.clear()
+        self._sink.write(self._frame.flush())
+        self._frame = None
+
+
+def write_day_frames(source: Path, sink: HashingWriter) -> None:
+    """Append the records of a DBN file, however it is framed, to `sink` in day frames."""
+    with source.open("rb") as handle:
+        reader = DbnReader(decompressed_chunks(handle, source.name), source.name)
+        reader.metadata()
+        record_size = reader.record_size()
+        if record_size is None:
+            return
+        frames = DayFrames(sink, record_size)
+        for block in reader.record_blocks(record_size):
+            frames.write(block)
+        frames.close()
+
+
 @dataclass(frozen=True)
 class PartFile:
-    """The two-frame layout: the DBN header as one zstd frame, then the records in their own.
+    """The canonical layout: the DBN header as one zstd frame, then the records in day frames.
 
-    `scan(recode_to=)` writes parts this way and the merge writes final files this way, so a
-    part's records frames can be copied behind another header without being decompressed.
+    `scan(recode_to=)` and the split write parts this way and the merge writes final files this
+    way, so a part's records frames can be copied behind another header without being
+    decompressed, and the final file's bytes depend only on its metadata and records.
     """
 
     path: Path
@@ -280,20 +388,6 @@ class PartFile:
     def written(cls, path: Path, metadata_bytes: bytes) -> PartFile:
         """A file just written with this header frame."""
         return cls(path, len(cls.header_frame(metadata_bytes)))
-
-    @classmethod
-    def locate(cls, path: Path, metadata_size: int) -> PartFile:
-        """Find where the records start in a file of this layout (a part left by a run)."""
-        frame = zstandard.ZstdDecompressor().decompressobj()
-        consumed = 0
-        out = b""
-        with path.open("rb") as handle:
-            while not frame.eof and (data := handle.read(READ_SIZE)):
-                out += frame.decompress(data)
-                consumed += len(data)
-        if not frame.eof or len(out) != metadata_size:
-            raise CorruptFileError(f"{path.name} is not a header frame followed by a records frame")
-        return cls(path, consumed - len(frame.unused_data))
 
     def copy_records(self, sink: HashingWriter) -> None:
         """Append the records frames, as they are, to `sink`."""

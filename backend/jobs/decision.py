@@ -3,6 +3,12 @@
 Made once per product, before any network call, key check or budget check (pooch's
 `download_action` is the model). Only products that must be fetched need the key, a preflight
 and the budget; everything else is answered from local files.
+
+A file with no usable manifest entry is adopted only if its own DBN header is the request's
+(`adoption`): dataset, schema, symbol, stypes and the exact range. The whole calendar year, or
+the current year from January 1 to a moment already past, is known to be right offline; any
+other range is right only if it is what the dataset (and the symbol's listing) gives for that
+year, which the service's free metadata tells: such a file waits for it, before anything billable.
 """
 
 from __future__ import annotations
@@ -12,7 +18,15 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from backend.jobs.manifest import ManifestEntry, RecordedRequest
-from backend.jobs.plan import STYPE_IN, STYPE_OUT, TimeRange, year_range
+from backend.jobs.plan import (
+    NS_PER_SECOND,
+    STYPE_IN,
+    STYPE_OUT,
+    TimeRange,
+    format_ns,
+    ns_to_datetime,
+    year_range,
+)
 
 if TYPE_CHECKING:
     from databento_dbn import Metadata
@@ -26,6 +40,7 @@ class CacheState(StrEnum):
     UNRECORDED = "no manifest entry"  # a file without an entry, e.g. from an older version
     DAMAGED = "damaged manifest entry"  # an entry this version cannot read
     OTHER_REQUEST = "another request"  # the entry records data for another request
+    FOREIGN = "foreign"  # no entry, and the file's own header is another request's
 
 
 class Action(StrEnum):
@@ -54,7 +69,21 @@ class CacheKey:
         span: TimeRange,
     ) -> str | None:
         """Why a request (as recorded, or as a file's metadata says) does not answer this key."""
-        year = year_range(self.year)
+        wrong = self.identity_mismatch(dataset, schema, symbols, stype_in, stype_out)
+        if not self.within_year(span):
+            wrong = f"{wrong}, " if wrong else ""
+            return f"{wrong}range {span} is not within {self.year}"
+        return wrong
+
+    def identity_mismatch(
+        self,
+        dataset: str,
+        schema: str,
+        symbols: list[str] | tuple[str, ...],
+        stype_in: str,
+        stype_out: str,
+    ) -> str | None:
+        """Why what a request names (everything but its range) is not this key's."""
         expected = {
             "dataset": (dataset, self.dataset),
             "schema": (schema, self.schema),
@@ -67,9 +96,11 @@ class CacheKey:
             for key, (got, want) in expected.items()
             if got != want
         ]
-        if not year.start_ns <= span.start_ns < span.end_ns <= year.end_ns:
-            wrong.append(f"range {span} is not within {self.year}")
         return ", ".join(wrong) or None
+
+    def within_year(self, span: TimeRange) -> bool:
+        year = year_range(self.year)
+        return year.start_ns <= span.start_ns < span.end_ns <= year.end_ns
 
     def recorded(self, span: TimeRange, chunking: str) -> RecordedRequest:
         """The request behind a file made for this key, as the manifest records it."""
@@ -80,15 +111,16 @@ class CacheKey:
 
     def metadata_mismatch(self, metadata: Metadata) -> str | None:
         """Why a DBN file's own header does not answer this key (a file with no entry)."""
-        if metadata.end is None:
+        header = FileHeader.of(metadata)
+        if header.span is None:
             return "its header has no end"
         return self.mismatch(
-            metadata.dataset,
-            str(metadata.schema),
-            list(metadata.symbols),
-            str(metadata.stype_in),
-            str(metadata.stype_out),
-            TimeRange(metadata.start, metadata.end),
+            header.dataset,
+            header.schema,
+            header.symbols,
+            header.stype_in,
+            header.stype_out,
+            header.span,
         )
 
     def entry_mismatch(self, entry: ManifestEntry) -> str | None:
@@ -104,6 +136,89 @@ class CacheKey:
 
 
 @dataclass(frozen=True)
+class FileHeader:
+    """What a DBN file's own header says it holds: all a file with no entry is judged by."""
+
+    dataset: str
+    schema: str
+    symbols: tuple[str, ...]
+    stype_in: str
+    stype_out: str
+    span: TimeRange | None  # None: the header has no end
+
+    @classmethod
+    def of(cls, metadata: Metadata) -> FileHeader:
+        end = metadata.end
+        return cls(
+            dataset=str(metadata.dataset),
+            schema=str(metadata.schema),
+            symbols=tuple(metadata.symbols),
+            stype_in=str(metadata.stype_in),
+            stype_out=str(metadata.stype_out),
+            span=None if end is None else TimeRange(metadata.start, end),
+        )
+
+
+class Fit(StrEnum):
+    ADOPT = "adopt"  # the header is the request's: record the file, fetch nothing
+    ASK = "ask"  # right only if the dataset has no more for the year: its free metadata tells
+    REFUSE = "refuse"  # another request's file: fetch it again
+
+
+@dataclass(frozen=True)
+class Adoption:
+    fit: Fit
+    why: str = ""  # what the file holds instead (refuse), or what it covers (ask)
+
+
+def adoption(  # noqa: PLR0911  one answer per case, in the order they are checked
+    key: CacheKey, header: FileHeader, *, now_ns: int, expected: TimeRange | None = None
+) -> Adoption:
+    """Pure: whether a file with no usable manifest entry answers `key`, by its own header.
+
+    `expected` is the range a fetch of `key` asks for (the year clamped to the dataset and to
+    where the symbol is listed), when the service's metadata has told it; without it, only a
+    range that is right whatever the dataset holds is adopted: the whole calendar year, or the
+    current year from January 1 to a moment already past (the year so far, as a recorded fetch
+    of the current year is kept).
+    """
+    other = key.identity_mismatch(
+        header.dataset, header.schema, header.symbols, header.stype_in, header.stype_out
+    )
+    if other:
+        return Adoption(Fit.REFUSE, f"holds another request's data ({other})")
+    if header.span is None:
+        return Adoption(Fit.REFUSE, "has a header without an end")
+    span, year = header.span, year_range(key.year)
+    if not key.within_year(span):
+        return Adoption(Fit.REFUSE, f"covers {span_text(span)}, outside the year {key.year}")
+    so_far = (
+        ns_to_datetime(now_ns).year == key.year
+        and span.start_ns == year.start_ns
+        and span.end_ns <= now_ns
+    )
+    if span == year or so_far:
+        return Adoption(Fit.ADOPT)
+    if expected is None:
+        return Adoption(Fit.ASK, f"covers {span_text(span)}, part of the year {key.year}")
+    if span == expected:
+        return Adoption(Fit.ADOPT)
+    if expected == year:
+        return Adoption(Fit.REFUSE, f"covers {span_text(span)}, not the year {span_text(year)}")
+    whole = f"all {key.dataset} has of {key.year} for {key.symbol}"
+    return Adoption(Fit.REFUSE, f"covers {span_text(span)}, not {span_text(expected)} ({whole})")
+
+
+def span_text(span: TimeRange) -> str:
+    """`2023-01-01..2024-01-01` (end exclusive); a bound off midnight in full."""
+
+    def moment(ns: int) -> str:
+        return format_ns(ns)[:10] if ns % (86_400 * NS_PER_SECOND) == 0 else format_ns(ns)
+
+    return f"{moment(span.start_ns)}..{moment(span.end_ns)}"
+
+
+@dataclass(frozen=True)
 class OnDisk:
     """What the cache holds for one product, gathered by a few stat calls and the manifest."""
 
@@ -111,6 +226,10 @@ class OnDisk:
     not_a_file: bool  # something else (a folder) sits at the final path
     entry: ManifestEntry | None
     damage: str | None  # why the product's manifest entry (or the whole manifest) is unusable
+    # A file with no entry: its own header when it was read (status does, `data` scans it
+    # later), or why it could not be.
+    header: FileHeader | None = None
+    header_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,8 +239,15 @@ class Decision:
     why: str = ""  # for the log, when the cache could not be used as it is
 
 
-def cache_state(on_disk: OnDisk, key: CacheKey) -> tuple[CacheState, str]:  # noqa: PLR0911
-    """Pure: the state of one cached product against what is asked, and the detail."""
+def cache_state(  # noqa: PLR0911  one answer per state
+    on_disk: OnDisk, key: CacheKey, *, now_ns: int = 0
+) -> tuple[CacheState, str]:
+    """Pure: the state of one cached product against what is asked, and the detail.
+
+    A file with no entry whose header was read is `foreign` when that header is another
+    request's; one whose range only the dataset can confirm stays unrecorded, the detail saying
+    what it covers (`now_ns`: the moment the year so far is judged against).
+    """
     if on_disk.not_a_file:
         return CacheState.NOT_A_FILE, "something other than a file sits at the final path"
     if not on_disk.size:
@@ -130,6 +256,17 @@ def cache_state(on_disk: OnDisk, key: CacheKey) -> tuple[CacheState, str]:  # no
         return CacheState.DAMAGED, on_disk.damage
     entry = on_disk.entry
     if entry is None:
+        if on_disk.header is None:
+            problem = on_disk.header_problem
+            return CacheState.UNRECORDED, f"its header cannot be read: {problem}" if problem else ""
+        verdict = adoption(key, on_disk.header, now_ns=now_ns)
+        if verdict.fit is Fit.REFUSE:
+            return CacheState.FOREIGN, f"the file {verdict.why}"
+        if verdict.fit is Fit.ASK:
+            return CacheState.UNRECORDED, (
+                f"the file {verdict.why}: adopted only if that is all the dataset has, "
+                "else fetched again"
+            )
         return CacheState.UNRECORDED, ""
     other = key.entry_mismatch(entry)
     if other:
@@ -149,6 +286,7 @@ RESPONSES: dict[CacheState, tuple[Action, str]] = {
     CacheState.UNRECORDED: (Action.ADOPT, ""),
     CacheState.DAMAGED: (Action.ADOPT, "has a damaged manifest entry ({}); repairing the manifest"),
     CacheState.OTHER_REQUEST: (Action.FETCH, "holds data for another request ({}); re-downloading"),
+    CacheState.FOREIGN: (Action.FETCH, "is not this request's: {}; fetching it again"),
     CacheState.SIZE_MISMATCH: (Action.FETCH, "is {}; re-downloading"),
 }
 

@@ -126,15 +126,14 @@ def fetch_group(
     product, total = group.product, len(group.chunks)
     if len(group.members) == 1:
         member = group.members[0]
-        as_served = group.chunks == [member.span]
+        whole = group.chunks == [member.span]  # no data in the one request: nothing to fill in
         part = fetch_chunk(
             client=client,
             request=RangeRequest(request.dataset, (member.symbol,), product.schema, span),
             record_size=product.record_size,
             parts_dir=member.folder.parts(product.name),
             label=f"{member.symbol} {member.year} {product.name} chunk {index}/{total} {span}",
-            as_served=as_served,
-            empty_header=None if as_served else member.header.clipped(span),
+            empty_header=None if whole else member.header.clipped(span),
             **engine,
         )
         return {member.symbol: part}

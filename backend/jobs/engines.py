@@ -3,6 +3,7 @@ batch flags are written in."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -28,8 +29,11 @@ SIZE_UNITS = {
     "TIB": 2**40,
 }
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
-DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([hms])")
-SECONDS = {"h": 3600, "m": 60, "s": 1}
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+# --batch-timeout: at least a second; at most 30 days, when Databento expires a job's files.
+MIN_WAIT_S, MAX_WAIT_S = 1.0, 30 * 86400.0
+SHOWN_UNITS = (("KB", 10**3), ("MB", 10**6), ("GB", 10**9), ("TB", 10**12))
 
 
 def parse_size(text: str, flag: str = "--batch-above") -> int:
@@ -38,25 +42,34 @@ def parse_size(text: str, flag: str = "--batch-above") -> int:
     unit = match[2].upper() if match else ""
     if match is None or unit not in SIZE_UNITS:
         raise InvalidInputError(
-            f"{flag} {text!r} is not a size: write a number and a unit, e.g. 5GB, 800MB or 2GiB"
+            f"{flag} {text!r} is not a size: write a number and a unit, e.g. 5GB, 800MB or 2GiB "
+            "(B, KB, MB, GB, TB: powers of 1000; KiB, MiB, GiB, TiB: powers of 1024)"
         )
     return int(float(match[1]) * SIZE_UNITS[unit])
 
 
 def parse_duration(text: str, flag: str = "--batch-timeout") -> float:
-    """`6h`, `90m`, `1h30m`, `45s` or a number of seconds -> seconds (> 0)."""
+    """`1d`, `6h`, `90m`, `1h30m`, `45s` or a number of seconds -> seconds, from 1 s to 30 days.
+
+    Plain digits only (no `inf`, `nan` or exponents), each unit at most once, largest first.
+    """
     compact = text.strip().lower().replace(" ", "")
-    try:
+    parts = DURATION_PART.findall(compact)
+    units = [unit for _, unit in parts]
+    if re.fullmatch(r"\d+(?:\.\d+)?", compact):
         seconds = float(compact)
-    except ValueError:
-        parts = DURATION_PART.findall(compact)
-        if not parts or "".join(number + unit for number, unit in parts) != compact:
-            seconds = -1.0
-        else:
-            seconds = sum(float(number) * SECONDS[unit] for number, unit in parts)
-    if not seconds > 0:
+    elif (
+        parts
+        and "".join(number + unit for number, unit in parts) == compact
+        and units == sorted(set(units), key="dhms".index)
+    ):
+        seconds = sum(float(number) * SECONDS[unit] for number, unit in parts)
+    else:
+        seconds = math.nan
+    if not MIN_WAIT_S <= seconds <= MAX_WAIT_S:
         raise InvalidInputError(
-            f"{flag} {text!r} is not a duration: write e.g. 6h, 90m, 1h30m or 3600 (seconds)"
+            f"{flag} {text!r} is not a duration from 1s to 30d: write a number with d, h, m or s "
+            "(e.g. 90m, 6h, 1h30m, 1d) or a number of seconds"
         )
     return seconds
 
@@ -75,11 +88,34 @@ def choose_engine(engine: Engine, estimated_bytes: int, batch_above: int) -> tup
         return "stream", "--engine stream"
     if engine == "batch":
         return "batch", "--engine batch"
-    size = f"{estimated_bytes / 1e9:,.2f} GB"
-    limit = f"{batch_above / 1e9:,.2f} GB"
+    size, limit = shown_sizes(estimated_bytes, batch_above)
     if estimated_bytes > batch_above:
         return "batch", f"estimate {size} > --batch-above {limit}"
     return "stream", f"estimate {size} <= --batch-above {limit}"
+
+
+def human_bytes(count: int, digits: int = 3) -> str:
+    """`2.5 MB`, `800 MB`, `1.23 GB`, `1 B`: decimal units as Databento bills, `digits`
+    significant digits (never rounded to zero)."""
+    fitting = [index for index, (_, size) in enumerate(SHOWN_UNITS) if count >= size]
+    if not fitting:
+        return f"{count:,} B"
+    index = fitting[-1]
+    value = count / SHOWN_UNITS[index][1]
+    if round(value, max(0, digits - len(str(int(value))))) >= 1000 and index + 1 < len(SHOWN_UNITS):
+        index += 1  # 999,999 B reads 1 MB, not 1,000 KB
+        value = count / SHOWN_UNITS[index][1]
+    text = f"{value:,.{max(0, digits - len(str(int(value))))}f}"
+    return f"{text.rstrip('0').rstrip('.') if '.' in text else text} {SHOWN_UNITS[index][0]}"
+
+
+def shown_sizes(first: int, second: int) -> tuple[str, str]:
+    """Two sizes to compare on screen: precise enough that unequal sizes never read equal."""
+    for digits in (3, 6, 9):
+        shown = human_bytes(first, digits), human_bytes(second, digits)
+        if first == second or shown[0] != shown[1]:
+            return shown
+    return f"{first:,} B", f"{second:,} B"
 
 
 def split_duration(chunking: Chunking) -> str:

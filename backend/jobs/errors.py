@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -12,6 +13,17 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
 EXIT_HANGUP = 129  # SIGHUP: the terminal went away
 EXIT_TERMINATED = 143  # SIGTERM: docker stop, systemd, Kubernetes, timeout
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# A run that ended several ways exits with the first of these it has, for automation:
+# credentials (nothing works until they are fixed), then a failure (run the same command again;
+# a retry loop must not stop on it), then input to fix (unknown symbol, year without data).
+EXIT_PRECEDENCE = (EXIT_CREDENTIALS, EXIT_FAILED, EXIT_INVALID_INPUT)
+
+
+def combined_exit_code(codes: Iterable[int]) -> int:
+    """Pure: the exit code of a run whose parts ended with `codes` (0 when none failed)."""
+    present = set(codes) - {EXIT_OK}
+    ranked = [code for code in EXIT_PRECEDENCE if code in present]
+    return ranked[0] if ranked else max(present, default=EXIT_OK)
 
 
 class IngestError(Exception):

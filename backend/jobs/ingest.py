@@ -4,9 +4,13 @@
    never a file's body): skip, verify, adopt or fetch (`decision.decide`). A plain skip needs no
    lock; the others are decided again under the products' locks (dry runs only read). No
    Databento, no key, no budget yet.
-2. Verify and adopt are answered without Databento; a file that fails them is fetched.
-3. Only if something must be fetched: destinations checked (a bucket: a write probe), key,
-   budget setting, preflight (metadata calls), budget check, room in the work dir, download.
+2. Verify and adopt are answered without Databento; a file that fails them is fetched. A file
+   adopted only if its header is the request's (`decision.adoption`); one whose range only the
+   dataset can confirm waits for the free metadata of step 3.
+3. Only if something must be fetched, every local precondition first: the work dir usable
+   (named by its flag), working folders real and writable, final paths writable (a bucket: a
+   write probe); then key, budget setting, the range of files waiting for it, preflight
+   (metadata calls), budget check, batch folders, room in the work dir; only then anything billed.
 """
 
 from __future__ import annotations
@@ -15,26 +19,29 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from backend.jobs.cache import (
+    LOCKS_SUBDIR,
     PARTS_SUBDIR,
+    RAW_SUBDIR,
     YearFolder,
-    check_working_dir,
+    check_existing_working_dir,
     has_stale_temps,
     remove_stale_temps,
+    writable_folder,
 )
 from backend.jobs.client import DatabentoClient
-from backend.jobs.decision import Action, CacheKey, OnDisk, decide
+from backend.jobs.decision import Action, CacheKey, FileHeader, Fit, OnDisk, adoption, decide
 from backend.jobs.errors import (
     CorruptFileError,
-    CredentialsError,
     IngestError,
     InvalidInputError,
+    combined_exit_code,
 )
 from backend.jobs.locks import locked
 from backend.jobs.manifest import Manifest, ManifestContent, ManifestEntry, product_entry
@@ -45,6 +52,7 @@ from backend.jobs.settings import Settings
 from backend.jobs.store import Store, sha256_of
 
 if TYPE_CHECKING:
+    from backend.jobs.dbnfile import StreamSummary
     from backend.jobs.preflight import Failure, UniversePlan
     from backend.jobs.progress import Progress
 
@@ -53,16 +61,49 @@ ClientFactory = Callable[..., Any]  # (key, gateway, *, timeout_s, policy, stop)
 
 @dataclass
 class IngestReport:
+    """What a run did: every symbol-year-product is either in `results` or in `failures`."""
+
     results: list[ProductResult]  # cached and downloaded products, in request order
     plan: UniversePlan  # preflight of what was (or would be) downloaded, and what could not be
+    error: IngestError | None = None  # what stopped the downloads, if anything did
+    unfetched: list[Failure] = field(default_factory=list)  # planned, left by `error`
 
     @property
     def failures(self) -> list[Failure]:
-        return self.plan.failures
+        """Unknown or without data (found by the preflight), then what the failed run left."""
+        return [*self.plan.failures, *self.unfetched]
 
     @property
     def downloaded(self) -> list[ProductResult]:
         return [result for result in self.results if result.status == "downloaded"]
+
+    @property
+    def exit_code(self) -> int:
+        """3 (credentials) > 1 (a failure: run again) > 2 (input to fix) > 0."""
+        codes = [failure.exit_code for failure in self.failures]
+        return combined_exit_code([*codes, self.error.exit_code] if self.error else codes)
+
+
+def left_by(
+    error: IngestError, plan: UniversePlan, done: set[tuple[str, int, str]]
+) -> list[Failure]:
+    """Pure: each planned symbol-year-product the failed run did not finish, with its error."""
+    from backend.jobs.preflight import FAILED, Failure
+
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return [
+        Failure(
+            member.symbol,
+            member.year,
+            line,
+            reason=FAILED,
+            product=member.product.name,
+            exit_code=error.exit_code,
+        )
+        for member in plan.members
+        if (member.symbol, member.year, member.product.name) not in done
+    ]
 
 
 def run_ingest(
@@ -74,7 +115,10 @@ def run_ingest(
     """Answer what is cached from local files; preflight, budget-check and fetch the rest.
 
     Symbol-years that cannot be fetched (unknown symbol, no data that year) are reported in
-    the report's failures; the others complete.
+    the report's failures; the others complete. A failure while downloading (after its
+    retries) stops the downloads: what finished is kept, the error and every planned
+    symbol-year-product it left unfetched are in the report (errors before any download,
+    such as the preflight's, are raised).
     """
     from backend.jobs.preflight import UniversePlan
 
@@ -88,6 +132,7 @@ def run_ingest(
     started = time.monotonic()
     results: dict[tuple[str, int, str], ProductResult] = {}
     plan = UniversePlan([], [])
+    error: IngestError | None = None
     stop = threading.Event()  # set when the run ends early: nothing new starts, waits end
     policy = RetryPolicy(retries=request.retries)
     with contextlib.ExitStack() as stack:
@@ -96,9 +141,14 @@ def run_ingest(
         if undecided and not request.dry_run:
             stack.enter_context(locked(undecided, request.lock_timeout_s))
         # again, under the lock: another run may have finished some meanwhile
-        pending = settle(undecided, results, settle_from_cache, request, started)
+        from_cache = SettleFromCache()
+        pending = settle(undecided, results, from_cache, request, started)
         if pending:
-            check_destinations(store, pending)
+            # Every local precondition before anything is asked of anyone.
+            engine = request.engine or settings.engine()
+            if not request.dry_run:
+                check_work_dir(settings, work_root)
+            check_destinations(store, pending, work_root=work_root, batch=engine == "batch")
             # Only now the download machinery: a cached re-run must stay cheap to start.
             from backend.jobs.preflight import check_budget, plan_universe
 
@@ -107,18 +157,23 @@ def run_ingest(
             client = client_factory(
                 key, gateway, timeout_s=request.timeout_s, policy=policy, stop=stop
             )
-            plan = plan_universe(
-                client,
-                dataset=request.dataset,
-                pending=pending,
-                chunking=request.chunking,
-                group_size=request.group_size,
-                engine=request.engine or settings.engine(),
-                batch_above=request.batch_above,
-                dry_run=request.dry_run,
-            )
+            if from_cache.candidates:
+                pending = from_cache.confirm(client, request, pending, results, started)
+            if pending:
+                plan = plan_universe(
+                    client,
+                    dataset=request.dataset,
+                    pending=pending,
+                    chunking=request.chunking,
+                    group_size=request.group_size,
+                    engine=engine,
+                    batch_above=request.batch_above,
+                    dry_run=request.dry_run,
+                    force=request.force,
+                )
             if not request.dry_run:
                 check_budget(plan, budget)
+                check_batch_folders(work_root, plan)
                 if settings.data_url is not None:
                     check_room(work_root, plan.estimated_bytes)
                 try:
@@ -133,17 +188,14 @@ def run_ingest(
                     ):
                         results[(result.symbol, result.year, result.product.name)] = result
                         result.log()
-                except IngestError as exc:
-                    if not plan.failures or isinstance(exc, CredentialsError):
-                        raise
-                    # Unknown symbol-years outrank a failed run in the exit code (2, not 1).
-                    names = ", ".join(f"{f.symbol} {f.year}" for f in plan.failures)
-                    raise InvalidInputError(f"{exc}; not fetched either: {names}") from None
-    if not request.dry_run and not request.is_universe:
+                except IngestError as exc:  # reported with what it left; the caller exits
+                    error = exc
+    if not request.dry_run and not request.is_universe and error is None:
         logger.info("cache folder: {}", store.where(folders[0].key("")).rstrip("/"))
     keys = [(folder.symbol, folder.year, product.name) for folder, product in wanted]
     ordered = [results[key] for key in keys if key in results]
-    return IngestReport(ordered, plan)
+    unfetched = left_by(error, plan, set(results)) if error else []
+    return IngestReport(ordered, plan, error, unfetched)
 
 
 def settle(
@@ -215,36 +267,187 @@ def skipped(
     )
 
 
-def settle_from_cache(
-    folder: YearFolder, product: Product, request: IngestRequest, started: float
-) -> ProductResult | None:
-    """A skipped result when the cache answers this product, else None (fetch it)."""
-    manifest = Manifest.of(folder)
-    if not request.dry_run:
-        remove_stale_temps(folder.path, folder.final(product.name).name)
-    key = CacheKey(request.dataset, product.schema, folder.symbol, folder.year)
-    content = manifest.load()
-    decision = decide(
-        look(folder, content, product), key, force=request.force, verify=request.verify
-    )
-    final = folder.storage.where(folder.final_key(product.name))
-    if decision.why:
-        logger.warning("{} {}", final, decision.why)
-    if decision.action is Action.FETCH:
-        return None
-    entry = content.entries[product.name] if decision.action is not Action.ADOPT else None
-    key_name = folder.final_key(product.name)
-    if decision.action is Action.VERIFY and sha256_of(folder.storage, key_name) != entry.sha256:
-        logger.warning("{} fails its sha256 check against the manifest; re-downloading", final)
-        return None
-    if decision.action is Action.ADOPT:
-        entry = adopted_entry(folder, product, key)
-        if entry is None:
+class SettleFromCache:
+    """Under the locks: a skipped result when the cache answers a product, else None (fetch it).
+
+    A file with no usable entry whose range only the dataset can confirm is kept as a
+    candidate; `confirm` adopts it, or has it fetched again, once the service's free metadata
+    has told that range.
+    """
+
+    def __init__(self) -> None:
+        self.candidates: dict[tuple[YearFolder, str], StreamSummary] = {}
+
+    def __call__(
+        self, folder: YearFolder, product: Product, request: IngestRequest, started: float
+    ) -> ProductResult | None:
+        manifest = Manifest.of(folder)
+        if not request.dry_run:
+            remove_stale_temps(folder.path, folder.final(product.name).name)
+        key = CacheKey(request.dataset, product.schema, folder.symbol, folder.year)
+        content = manifest.load()
+        decision = decide(
+            look(folder, content, product), key, force=request.force, verify=request.verify
+        )
+        final = folder.storage.where(folder.final_key(product.name))
+        if decision.why:
+            logger.warning("{} {}", final, decision.why)
+        if decision.action is Action.FETCH:
+            return None
+        if decision.action is Action.ADOPT:
+            return self.adopted(folder, product, key, request, started)
+        entry = content.entries[product.name]
+        key_name = folder.final_key(product.name)
+        if decision.action is Action.VERIFY and sha256_of(folder.storage, key_name) != entry.sha256:
+            logger.warning("{} fails its sha256 check against the manifest; re-downloading", final)
             return None
         if not request.dry_run:
-            manifest.record(product.name, entry)
-            logger.info("adopted {} into the manifest ({} records)", final, entry.records)
+            folder.drop_parts(product.name)
+        elapsed = time.monotonic() - started
+        return ProductResult(
+            folder.symbol, folder.year, product, "skipped", entry.bytes, entry.records, elapsed
+        )
+
+    def adopted(
+        self,
+        folder: YearFolder,
+        product: Product,
+        key: CacheKey,
+        request: IngestRequest,
+        started: float,
+    ) -> ProductResult | None:
+        """A file with no usable entry: its header judged first, then the file decoded whole;
+        adopted if it is the request's, kept as a candidate if only the dataset's range can
+        tell, else None (fetch it)."""
+        header = read_header(folder, product)
+        if header is None:
+            return None
+        verdict = adoption(key, header, now_ns=time.time_ns())
+        if verdict.fit is Fit.REFUSE:
+            refused(folder, product, verdict.why)
+            return None
+        summary = scanned(folder, product)
+        if summary is None:
+            return None
+        if verdict.fit is Fit.ASK:
+            self.candidates[(folder, product.name)] = summary
+            return None
+        return adopt(folder, product, key, summary, request, started)
+
+    def confirm(
+        self,
+        client: Any,
+        request: IngestRequest,
+        pending: list[tuple[YearFolder, Product]],
+        results: dict[tuple[str, int, str], ProductResult],
+        started: float,
+    ) -> list[tuple[YearFolder, Product]]:
+        """Adopt each candidate whose range is exactly what a fetch would ask for (free metadata
+        calls only); return the rest of `pending`, to fetch (a refused file with one warning)."""
+        waiting = [(f, p) for f, p in pending if (f, p.name) in self.candidates]
+        expected = expected_spans(client, request.dataset, waiting)
+        rest = []
+        for folder, product in pending:
+            summary = self.candidates.get((folder, product.name))
+            span = expected.get((folder, product.name))
+            if summary is None or span is None:  # no range for it: the preflight says why
+                rest.append((folder, product))
+                continue
+            key = CacheKey(request.dataset, product.schema, folder.symbol, folder.year)
+            header = FileHeader.of(summary.metadata)
+            verdict = adoption(key, header, now_ns=time.time_ns(), expected=span)
+            if verdict.fit is not Fit.ADOPT:
+                refused(folder, product, verdict.why)
+                rest.append((folder, product))
+                continue
+            result = adopt(folder, product, key, summary, request, started)
+            results[(folder.symbol, folder.year, product.name)] = result
+            result.log()
+        return rest
+
+
+def expected_spans(
+    client: Any, dataset: str, products: list[tuple[YearFolder, Product]]
+) -> dict[tuple[YearFolder, str], TimeRange]:
+    """The range a fetch of each product asks for, as the preflight clamps it: the year cut to
+    the dataset, then to where the symbol is listed (metadata and symbology calls, free)."""
+    from backend.jobs.plan import clamp_year
+    from backend.jobs.preflight import Failure, resolve_all, resolved_span
+
+    if not products:
+        return {}
+    available = client.dataset_range(dataset)
+    spans: dict[tuple[int, Product], TimeRange] = {}
+    failures: dict[tuple[str, int], Failure] = {}
+    for folder, product in products:
+        try:
+            schema_range = available.get(product.schema, available["*"])
+            spans[(folder.year, product)] = clamp_year(
+                folder.year, schema_range, dataset, product.schema
+            )
+        except InvalidInputError as exc:
+            failures[(folder.symbol, folder.year)] = Failure(folder.symbol, folder.year, str(exc))
+    answers = resolve_all(client, dataset, products, spans, failures)
+    found = {}
+    for folder, product in products:
+        span = spans.get((folder.year, product))
+        if span is None or (folder.symbol, folder.year) in failures:
+            continue
+        covered = resolved_span(answers[(span, folder.symbol)], folder.symbol, span)
+        if covered is not None:
+            found[(folder, product.name)] = covered
+    return found
+
+
+def read_header(folder: YearFolder, product: Product) -> FileHeader | None:
+    """A file's own DBN header, its first frame only (None: unusable, said once)."""
+    from backend.jobs.dbnfile import read_metadata
+
+    store, name = folder.storage, folder.final_key(product.name)
+    try:
+        with store.reader(name) as source:
+            return FileHeader.of(read_metadata(source))
+    except CorruptFileError as exc:
+        logger.warning("{} is unusable ({}); re-downloading", store.where(name), exc)
+        return None
+
+
+def scanned(folder: YearFolder, product: Product) -> StreamSummary | None:
+    """A file with no usable entry decoded whole, offline (None: unusable, said once)."""
+    from backend.jobs.dbnfile import scan
+
+    store, name = folder.storage, folder.final_key(product.name)
+    try:
+        with store.reader(name) as source:
+            return scan(source, product.record_size)
+    except CorruptFileError as exc:
+        logger.warning("{} is unusable ({}); re-downloading", store.where(name), exc)
+        return None
+
+
+def refused(folder: YearFolder, product: Product, why: str) -> None:
+    """The one line saying why a file found where a product belongs is fetched again."""
+    final = folder.storage.where(folder.final_key(product.name))
+    logger.warning(
+        "{} {} {}: the file at {} {}; fetching it again",
+        *(folder.symbol, folder.year, product.name, final, why),
+    )
+
+
+def adopt(  # noqa: PLR0917  one adopted product, as the callers hold it
+    folder: YearFolder,
+    product: Product,
+    key: CacheKey,
+    summary: StreamSummary,
+    request: IngestRequest,
+    started: float,
+) -> ProductResult:
+    """Record a file whose header is the request's (a dry run only counts it), as skipped."""
+    entry = adopted_entry(folder, product, key, summary)
     if not request.dry_run:
+        Manifest.of(folder).record(product.name, entry)
+        final = folder.storage.where(folder.final_key(product.name))
+        logger.info("adopted {} into the manifest ({} records)", final, entry.records)
         folder.drop_parts(product.name)
     elapsed = time.monotonic() - started
     return ProductResult(
@@ -252,23 +455,12 @@ def settle_from_cache(
     )
 
 
-def adopted_entry(folder: YearFolder, product: Product, key: CacheKey) -> ManifestEntry | None:
-    """Validate a file that has no usable manifest entry, offline, and describe it (or None)."""
-    from backend.jobs.dbnfile import scan
-
-    store, name = folder.storage, folder.final_key(product.name)
-    final = store.where(name)
-    try:
-        with store.reader(name) as source:
-            summary = scan(source, product.record_size)
-    except CorruptFileError as exc:
-        logger.warning("{} is unusable ({}); re-downloading", final, exc)
-        return None
-    other = key.metadata_mismatch(summary.metadata)
-    if other:
-        logger.warning("{} holds another request's data ({}); re-downloading", final, other)
-        return None
-    span = TimeRange(summary.metadata.start, summary.metadata.end)
+def adopted_entry(
+    folder: YearFolder, product: Product, key: CacheKey, summary: StreamSummary
+) -> ManifestEntry:
+    """The manifest entry of an adopted file, described by its own header and content."""
+    metadata = summary.metadata
+    span = TimeRange(metadata.start, metadata.end)
     recorded = key.recorded(span, "adopted")
     return product_entry(
         folder.final(product.name), request=recorded, merged=summary, parts=[], engine="adopted"
@@ -289,14 +481,68 @@ def check_room(work_root: Path, needed: int) -> None:
         )
 
 
-def check_destinations(store: Store, pending: list[tuple[YearFolder, Product]]) -> None:
-    """Before any request: every final file can be written (a bucket: a write and delete probe
-    under the prefix) and no working folder is a link."""
+def check_work_dir(settings: Settings, work_root: Path) -> None:
+    """A bucket's run writes its parts and merged files in the work dir: before any request,
+    it must take files (created if absent); else exit 2 naming --work-dir."""
+    if settings.data_url is None:
+        return
+    problem = writable_folder(work_root)
+    if problem is None:
+        return
+    if settings.work_dir is not None:
+        raise InvalidInputError(
+            f"--work-dir {settings.work_dir} is not writable: {problem}; pick a writable folder"
+        )
+    raise InvalidInputError(
+        f"the work dir {work_root} is not writable: {problem}; pick a writable folder with "
+        "--work-dir"
+    )
+
+
+def check_destinations(
+    store: Store,
+    pending: list[tuple[YearFolder, Product]],
+    *,
+    work_root: Path | None = None,
+    batch: bool = False,
+) -> None:
+    """Before any request: every working folder already there is a real, writable folder (with
+    `batch`, the batch engine's too), then every final file can be written (a bucket: a write
+    and delete probe under the prefix)."""
+    folders = [
+        working
+        for folder, product in pending
+        for working in (folder.path / PARTS_SUBDIR, folder.parts(product.name))
+    ]
+    if batch and work_root is not None:
+        folders += batch_folders(work_root)
+    for working in dict.fromkeys(folders):
+        check_existing_working_dir(working)
     store.check_writable([folder.final_key(product.name) for folder, product in pending])
-    for folder, product in pending:
-        for working in (folder.path / PARTS_SUBDIR, folder.parts(product.name)):
-            if working.is_symlink() or working.exists():
-                check_working_dir(working)
+
+
+def batch_folders(work_root: Path, job_ids: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """The batch engine's working folders: its jobs' downloads and their locks."""
+    from backend.jobs.batch import BATCH_SUBDIR
+
+    root = work_root / RAW_SUBDIR
+    return [
+        root / BATCH_SUBDIR,
+        root / LOCKS_SUBDIR,
+        root / LOCKS_SUBDIR / BATCH_SUBDIR,
+        *(root / BATCH_SUBDIR / job_id for job_id in job_ids),
+    ]
+
+
+def check_batch_folders(work_root: Path, plan: UniversePlan) -> None:
+    """Before any job is submitted or resumed: its folders are real, writable folders (the
+    engine is known only after the preflight with --engine auto)."""
+    groups = [group for group in plan.groups if group.engine == "batch"]
+    if not groups:
+        return
+    job_ids = [str(group.job.job_id) for group in groups if group.job and group.job.job_id]
+    for working in batch_folders(work_root, job_ids):
+        check_existing_working_dir(working)
 
 
 def fetch(

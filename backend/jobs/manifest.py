@@ -121,6 +121,9 @@ class ManifestEntry:
     created_at: str = ""
     engine: str = "stream"  # stream (get_range requests), batch (one job), adopted
     batch: BatchRecord | None = None
+    # "utc-day": the bytes depend only on the metadata and records (dbnfile.DayFrames), given
+    # the zstd of `versions`; "" for a file adopted as found or recorded by an older version.
+    framing: str = ""
 
     @classmethod
     def parse(cls, raw: object) -> ManifestEntry:
@@ -136,6 +139,9 @@ class ManifestEntry:
         versions = item.get("versions", {})
         if not isinstance(versions, dict):
             raise DamagedEntryError("versions is not an object")
+        framing = item.get("framing", "")
+        if not isinstance(framing, str):
+            raise DamagedEntryError("framing is not a string")
         entry = cls(
             file=_text(item, "file"),
             bytes=_count(item, "bytes"),
@@ -158,6 +164,7 @@ class ManifestEntry:
             created_at=str(item.get("created_at", "")),
             engine=str(item.get("engine", "stream")),
             batch=BatchRecord.parse(item["batch"]) if item.get("batch") is not None else None,
+            framing=framing,
         )
         if entry.request.span.start_ns >= entry.request.span.end_ns:
             raise DamagedEntryError("request.start is not before request.end")
@@ -337,7 +344,11 @@ def product_entry(
     engine: str = "stream",
     batch: BatchRecord | None = None,
 ) -> ManifestEntry:
-    """One product's manifest entry: the file, its content and the exact request behind it."""
+    """One product's manifest entry: the file, its content and the exact request behind it.
+
+    Files this tool writes are framed canonically; an adopted file is described as found.
+    """
+    from backend.jobs.dbnfile import FRAMING
 
     def stamp(ns: int | None) -> str | None:
         return None if ns is None else format_ns(ns)
@@ -364,11 +375,14 @@ def product_entry(
         created_at=now_iso(),
         engine=engine,
         batch=batch,
+        framing="" if engine == "adopted" else FRAMING,
     )
 
 
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version  # slow to import: only here
+
+    import zstandard
 
     found = {}
     for package in ("databento", "databento-dbn", TOOL_PACKAGE):
@@ -376,6 +390,9 @@ def versions() -> dict[str, str]:
             found[package] = version(package)
         except PackageNotFoundError:
             found[package] = "unknown"
+    # the same records give the same bytes only with the same zstd: which one wrote them
+    found["zstandard"] = zstandard.__version__
+    found["libzstd"] = ".".join(str(part) for part in zstandard.ZSTD_VERSION)
     return found
 
 

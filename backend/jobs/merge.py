@@ -11,7 +11,15 @@ from loguru import logger
 from backend.jobs.cache import ScratchFiles
 from backend.jobs.chunks import Part
 from backend.jobs.client import RangeRequest
-from backend.jobs.dbnfile import HashingWriter, HeaderFields, PartFile, coalesce, encode_header
+from backend.jobs.dbnfile import (
+    NS_PER_DAY,
+    HashingWriter,
+    HeaderFields,
+    PartFile,
+    coalesce,
+    encode_header,
+    write_day_frames,
+)
 from backend.jobs.plan import TimeRange
 
 if TYPE_CHECKING:
@@ -72,11 +80,12 @@ class MergedWriter:
     """Writes a product's final file while its chunks are still downloading.
 
     The header goes first, as one zstd frame, built from the preflight's symbology; each
-    part's records frame is copied behind it, in chronological order, as soon as it is next in
-    line: a multi-frame zstd stream that decodes to exactly the DBN stream one request for the
-    whole range returns. If the chunks' own metadata disagrees with the predicted header, the
-    body is copied once more behind the right one. A range fetched in a single request is kept
-    byte for byte as served instead.
+    part's records frames (one per UTC day) are copied behind it, in chronological order, as
+    soon as it is next in line: a multi-frame zstd stream that decodes to exactly the DBN stream
+    one request for the whole range returns, framed canonically whatever the chunks were (a
+    range fetched in a single request too). If the chunks' own metadata disagrees with the
+    predicted header, the body is copied once more behind the right one; if two parts share a
+    UTC day (chunks not cut at midnight), it is re-encoded once more in day frames.
     """
 
     def __init__(
@@ -88,6 +97,7 @@ class MergedWriter:
         scratch: ScratchFiles,
         *,
         destination: tuple[Store, str],
+        header_fixed: bool = False,
     ) -> None:
         self.final = final  # local: written beside it, then published to `destination`
         self.store, self.key = destination
@@ -97,8 +107,12 @@ class MergedWriter:
         self._position = {chunk: index for index, chunk in enumerate(chunks)}
         self._waiting: dict[int, Part] = {}
         self._next = 0
-        self._as_served = chunks == [request.span]
+        self._last_day: int | None = None  # UTC day of the last record appended
+        self._reframe = False  # two parts share a UTC day: their frames must be joined
         self._header = encode_header(request, predicted)
+        # the predicted header is the file's, never rebuilt from the parts' (a batch job's
+        # files may each carry their own period's symbology, or the whole job's)
+        self._header_fixed = header_fixed
         self._temp = scratch.new(final)
         self._handle: BinaryIO | None = None
         self._sink: HashingWriter | None = None
@@ -116,14 +130,15 @@ class MergedWriter:
             self._next += 1
 
     def _append(self, part: Part) -> None:
-        if self._as_served:
-            return
         if self._sink is None:
             self._handle = self._temp.open("wb")
             self._sink = HashingWriter(self._handle)
             self._sink.write(PartFile.header_frame(self._header))
-        if part.layout is None:
-            raise RuntimeError(f"{part.path.name} was kept as served and cannot be merged")
+        summary = part.summary
+        if summary.first_ts_recv is not None and summary.last_ts_recv is not None:
+            if self._last_day is not None and summary.first_ts_recv // NS_PER_DAY <= self._last_day:
+                self._reframe = True
+            self._last_day = summary.last_ts_recv // NS_PER_DAY
         part.layout.copy_records(self._sink)
 
     def finish(self) -> MergedFile:
@@ -135,31 +150,37 @@ class MergedWriter:
         records = sum(part.summary.records for part in parts)
         first_ts = stamps[0].first_ts_recv if stamps else None
         last_ts = stamps[-1].last_ts_recv if stamps else None
-        if self._as_served:
-            only = parts[0]
-            self.store.publish(only.path, self.key)
-            return MergedFile(
-                self.final, only.summary.bytes, only.summary.sha256, records, first_ts, last_ts
-            )
         sink = self._sink
         if sink is None or self._handle is None:
             raise RuntimeError(f"{self.final.name}: no part was appended")
         self._handle.close()
-        header = encode_header(self.request, header_from_parts(parts, self.request.span))
-        if header != self._header:
+        header = (
+            self._header
+            if self._header_fixed
+            else encode_header(self.request, header_from_parts(parts, self.request.span))
+        )
+        if header != self._header or self._reframe:
             sink = self._rewrite(header)
         self.store.publish(self._temp, self.key)
         digest = sink.sha256.hexdigest()
         return MergedFile(self.final, sink.bytes, digest, records, first_ts, last_ts)
 
     def _rewrite(self, header: bytes) -> HashingWriter:
-        """The chunks' symbology differs from the preflight's: same body, the right header."""
-        logger.debug("{}: data symbology differs from the preflight's; rewriting", self.final)
+        """Written again behind the right header: the chunks' symbology differs from the
+        preflight's (same body), or parts shared a day (the body re-encoded in day frames)."""
+        logger.debug(
+            "{}: rewriting ({})",
+            self.final,
+            "parts share a UTC day" if self._reframe else "symbology differs from the preflight's",
+        )
         rewritten = self.scratch.new(self.final)
         with rewritten.open("wb") as handle:
             sink = HashingWriter(handle)
             sink.write(PartFile.header_frame(header))
-            PartFile.written(self._temp, self._header).copy_records(sink)
+            if self._reframe:
+                write_day_frames(self._temp, sink)
+            else:
+                PartFile.written(self._temp, self._header).copy_records(sink)
         self.scratch.discard(self._temp)
         self._temp = rewritten
         return sink

@@ -61,13 +61,19 @@ class TimeRange:
         return f"[{self.start}, {self.end})"
 
 
+def counted(count: int, noun: str, plural: str = "") -> str:
+    """`1 symbol`, `2 symbols`, `1,000 symbols`: a count and its noun, in the right number."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
 def parse_products(text: str) -> tuple[Product, ...]:
     names = [part.strip().upper() for part in text.split(",") if part.strip()]
     unknown = [name for name in names if name not in PRODUCTS]
     if not names or unknown:
-        shown = ", ".join(unknown) or repr(text)
+        problem = f"names an unknown product ({', '.join(unknown)})" if unknown else "is empty"
         raise InvalidInputError(
-            f"unknown product {shown}: use a comma-separated list of {', '.join(PRODUCTS).lower()}"
+            f"--products {text!r} {problem}: use a comma-separated list of "
+            f"{', '.join(PRODUCTS).lower()}, e.g. --products trades"
         )
     return tuple(PRODUCTS[name] for name in dict.fromkeys(names))
 
@@ -78,6 +84,8 @@ def normalize_symbol(raw: str) -> str:
     fix = "pass a ticker such as AAPL or BRK.B"
     if not symbol:
         raise InvalidInputError(f"symbol is empty: {fix}")
+    if len(symbol) > MAX_SYMBOL_LENGTH:  # first: a long line of junk is not echoed
+        raise InvalidInputError(f"symbol is longer than {MAX_SYMBOL_LENGTH} characters: {fix}")
     if any(ord(char) < 32 or ord(char) == 127 for char in symbol):
         raise InvalidInputError(f"symbol {symbol!r} contains control characters: {fix}")
     if not symbol.isascii():
@@ -86,8 +94,6 @@ def normalize_symbol(raw: str) -> str:
         raise InvalidInputError(f"symbol {symbol!r} contains a path separator or '..': {fix}")
     if "," in symbol:
         raise InvalidInputError(f"symbol {symbol!r} contains a comma: ingest one symbol at a time")
-    if len(symbol) > MAX_SYMBOL_LENGTH:
-        raise InvalidInputError(f"symbol is longer than {MAX_SYMBOL_LENGTH} characters: {fix}")
     return symbol
 
 
@@ -95,7 +101,7 @@ def normalize_dataset(raw: str) -> str:
     dataset = raw.strip().upper()
     if not DATASET_PATTERN.match(dataset):
         raise InvalidInputError(
-            f"dataset {raw!r} is not a Databento dataset code: use VENUE.FEED, e.g. XNAS.ITCH"
+            f"--dataset {raw!r} is not a Databento dataset code: use VENUE.FEED, e.g. XNAS.ITCH"
         )
     return dataset
 

@@ -13,7 +13,7 @@ from loguru import logger
 from backend.jobs.client import RangeRequest
 from backend.jobs.dbnfile import HeaderFields, coalesce
 from backend.jobs.engines import Engine, choose_engine, split_duration
-from backend.jobs.errors import BudgetExceededError, InvalidInputError
+from backend.jobs.errors import EXIT_INVALID_INPUT, BudgetExceededError, InvalidInputError
 from backend.jobs.logs import key_value_line
 from backend.jobs.plan import (
     Chunking,
@@ -88,13 +88,31 @@ class GroupPlan:
         return tuple(member.symbol for member in self.members)
 
 
+UNKNOWN_SYMBOL = "unknown to the dataset"
+NO_DATA = "no data in that year"
+FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class Failure:
-    """A symbol-year that cannot be fetched (unknown symbol, no data that year): exit 2."""
+    """A symbol-year (or one product of it) that was not fetched, and why.
+
+    Found by the preflight: unknown to the dataset, or no data in that year (input to fix,
+    exit 2, every product of the symbol-year). Or left by a run that failed before fetching
+    it: the error's own exit code and one line (1: run again; 3: credentials).
+    """
 
     symbol: str
     year: int
-    message: str
+    message: str  # one line: what is wrong and what to do
+    reason: str = UNKNOWN_SYMBOL  # short: UNKNOWN_SYMBOL, NO_DATA or FAILED
+    product: str | None = None  # None: every product of the symbol-year
+    exit_code: int = EXIT_INVALID_INPUT
+
+    @property
+    def name(self) -> str:
+        """`NOSUCH 2023`, or `AAPL 2023 TRADES` for one product."""
+        return " ".join(str(part) for part in (self.symbol, self.year, self.product) if part)
 
 
 @dataclass
@@ -169,11 +187,14 @@ def plan_universe(
     engine: Engine = "stream",
     batch_above: int = 0,
     dry_run: bool = False,
+    force: bool = False,
 ) -> UniversePlan:
     """Clamp, resolve (many symbols per call), group, estimate and pick each group's engine.
 
     Products a batch job recorded earlier (paid, not expired) are fetched from that job,
-    whatever `engine` says: paying again for data already paid for is never the better deal.
+    whatever `engine` says: paying again for data already paid for is never the better deal;
+    a job recorded as failed (unusable files) stops the run, unless `engine` is "stream" or
+    `force` is set: then its products are planned without it.
     """
     available = client.dataset_range(dataset)
     failures: dict[tuple[str, int], Failure] = {}
@@ -187,7 +208,8 @@ def plan_universe(
             spans[key] = clamp_year(folder.year, schema_range, dataset, product.schema)
         except InvalidInputError as exc:
             failures.setdefault(
-                (folder.symbol, folder.year), Failure(folder.symbol, folder.year, str(exc))
+                (folder.symbol, folder.year),
+                Failure(folder.symbol, folder.year, str(exc), reason=NO_DATA),
             )
     answers = resolve_all(client, dataset, pending, spans, failures)
     members: list[ProductPlan] = []
@@ -203,6 +225,7 @@ def plan_universe(
                 folder.year,
                 f"symbol {folder.symbol} is not found in {dataset} for {folder.year}: check the "
                 "ticker (raw_symbol as Databento lists it) or pick another dataset or year",
+                reason=UNKNOWN_SYMBOL,
             )
             continue
         if covered != span:
@@ -224,7 +247,9 @@ def plan_universe(
     members = [m for m in members if (m.symbol, m.year) not in failures]
     from backend.jobs.batch import resume_recorded_jobs
 
-    resumed, members = resume_recorded_jobs(client, dataset, members, dry_run=dry_run)
+    resumed, members = resume_recorded_jobs(
+        client, dataset, members, dry_run=dry_run, skip_failed=engine == "stream" or force
+    )
     groups = estimate_groups(client, dataset, group_members(members, group_size), chunking)
     groups = [with_engine(group, engine, batch_above, chunking) for group in groups]
     numbered = [replace(group, number=n) for n, group in enumerate(resumed + groups, start=1)]

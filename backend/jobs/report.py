@@ -11,11 +11,12 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from backend.jobs.ingest import IngestReport
-    from backend.jobs.inventory import CachedProduct
+    from backend.jobs.inventory import CachedProduct, RecordedJob
     from backend.jobs.plan import TimeRange
     from backend.jobs.preflight import GroupPlan
     from backend.jobs.request import IngestRequest
 
+from backend.jobs.plan import counted
 from backend.jobs.preflight import usd
 
 PIPE_WIDTH = 120
@@ -99,10 +100,11 @@ def print_universe_plan(report: IngestReport, request: IngestRequest) -> None:
             for m in group.members
         ]
     rows += [
-        [f.symbol, str(f.year), "-", "unknown / no data", "-", "-", "-"] for f in report.failures
+        [f.symbol, str(f.year), f.product or "-", f.reason, "-", "-", "-"] for f in report.failures
     ]
     table = _table(
-        f"Dry run: {len(request.symbols)} symbols x {len(request.years)} years "
+        f"Dry run: {counted(len(request.symbols), 'symbol')} x "
+        f"{counted(len(request.years), 'year')} "
         "(nothing downloaded)",
         ["symbol", "year", "product", "status", "range", "group", "engine"],
     )
@@ -116,8 +118,8 @@ def print_universe_plan(report: IngestReport, request: IngestRequest) -> None:
     console.print(table)
     requests = sum(len(group.chunks) for group in report.plan.groups)
     console.print(
-        f"to download: {len(report.plan.members)} symbol-year-products in "
-        f"{len(report.plan.groups)} groups, {requests} requests, est. "
+        f"to download: {counted(len(report.plan.members), 'symbol-year-product')} in "
+        f"{counted(len(report.plan.groups), 'group')}, {counted(requests, 'request')}, est. "
         f"{_mb(report.plan.estimated_bytes)} billable, {usd(report.plan.estimated_usd)}; "
         f"cached: {len(report.results)}; unknown or without data: {len(report.failures)}",
         soft_wrap=True,
@@ -162,31 +164,48 @@ def print_summary(report: IngestReport, request: IngestRequest) -> None:
             usd(estimate),
             usd(estimate * ratio if downloaded else 0.0),
         )
+    for failure in report.failures:  # not fetched: the reason is on stderr, and below
+        table.add_row(failure.product or "all", failure.reason, *["-"] * 6)
     _console().print(table)
 
 
 def print_universe_summary(report: IngestReport) -> None:
-    """After a universe run: counts, and the symbol-years that could not be fetched by name."""
+    """After a universe run, also a failed one: counts, then every symbol-year(-product) that
+    was not fetched, by name, under its reason (a failure with its one-line error)."""
     downloaded = report.downloaded
+    failed = [failure for failure in report.failures if failure.product is not None]
+    unknown = [failure for failure in report.failures if failure.product is None]
     console = _console()
     console.print(
-        f"Summary: {len(downloaded)} downloaded "
+        f"Summary: {counted(len(downloaded), 'symbol-year-product')} downloaded "
         f"({_mb(sum(result.bytes for result in downloaded))}), "
-        f"{len(report.results) - len(downloaded)} cached, "
-        f"{len(report.failures)} unknown or without data "
-        f"(symbol-year-products; estimate {usd(report.plan.estimated_usd)})",
+        f"{len(report.results) - len(downloaded)} cached, {len(failed)} failed; "
+        f"{counted(len(unknown), 'symbol-year')} unknown or without data; "
+        f"estimate {usd(report.plan.estimated_usd)}",
         soft_wrap=True,
     )
-    if report.failures:
-        names = ", ".join(f"{f.symbol} {f.year}" for f in report.failures)
-        console.print(f"Not fetched: {names}", soft_wrap=True)
+    for line in not_fetched_lines(report):
+        console.print(line, soft_wrap=True)
+
+
+def not_fetched_lines(report: IngestReport) -> list[str]:
+    """Pure: `Not fetched (REASON): NAMES`, one line per reason (and per error for failures)."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for failure in report.failures:
+        detail = failure.message if failure.product is not None else ""
+        grouped.setdefault((failure.reason, detail), []).append(failure.name)
+    return [
+        f"Not fetched ({reason}): {', '.join(names)}" + (f": {detail}" if detail else "")
+        for (reason, detail), names in grouped.items()
+    ]
 
 
 def _range(span: TimeRange) -> str:
     return f"{span.start[:10]} .. {span.end[:10]} (excl.)"
 
 
-def print_status(items: list[CachedProduct]) -> None:
+def print_status(items: list[CachedProduct], jobs: Sequence[RecordedJob] = ()) -> None:
+    """The cache, then the batch jobs recorded for products still being fetched (if any)."""
     table = _table(
         "Cache status",
         ["dataset", "symbol", "year", "product", "size", "records", "range", "manifest"],
@@ -209,3 +228,60 @@ def print_status(items: list[CachedProduct]) -> None:
     for item in items:
         if item.problem:
             console.print(f"{item.path}: {item.manifest}: {item.problem}", soft_wrap=True)
+    if jobs:
+        print_jobs(console, jobs)
+
+
+def print_jobs(console: Console, jobs: Sequence[RecordedJob]) -> None:
+    """One row per recorded job (a group's job is recorded once per member product)."""
+    from rich.table import Table
+
+    table = Table(
+        title="Batch jobs recorded (as recorded here; Databento not asked)", title_justify="left"
+    )
+    for column in ("job", "state", "age", "cost", "for"):
+        table.add_column(column, justify="right" if column in {"age", "cost"} else "left")
+    same: dict[tuple[object, ...], list[RecordedJob]] = {}
+    for job in jobs:
+        mark = job.job_id or (job.submitted_since, job.dataset, job.year, job.product, job.start)
+        same.setdefault((job.state, mark), []).append(job)
+    for members in same.values():
+        first = members[0]
+        table.add_row(
+            first.job_id or "(submitting)",
+            first.state,
+            _age(first.age_s),
+            "-" if first.cost_usd is None else usd(first.cost_usd),
+            _members(members),
+        )
+    console.print(table)
+    for members in same.values():
+        if members[0].problem:
+            first = members[0]
+            console.print(f"{first.path}: {first.state}: {first.problem}", soft_wrap=True)
+
+
+def _members(members: list[RecordedJob]) -> str:
+    """`AAPL 2023 TRADES`, or `TRADES 2023: AAPL, MSFT (of 50 symbols)`."""
+    first = members[0]
+    if len(members) == 1 and (first.symbols or 1) == 1:
+        return f"{first.symbol} {first.year} {first.product}"
+    names = ", ".join(member.symbol for member in members[:3])
+    more = ", ..." if len(members) > 3 else ""
+    shown = first.symbols and first.symbols > len(members)
+    total = f" (of {counted(first.symbols, 'symbol')})" if shown else ""
+    return f"{first.product} {first.year}: {names}{more}{total}"
+
+
+def _age(seconds: float | None) -> str:
+    """`45s`, `12m`, `3h 05m`, `2d 04h`: how long ago a job was submitted."""
+    if seconds is None:
+        return "-"
+    minutes, hours = int(seconds // 60), int(seconds // 3600)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if hours < 1:
+        return f"{minutes}m"
+    if hours < 24:
+        return f"{hours}h {minutes % 60:02d}m"
+    return f"{hours // 24}d {hours % 24:02d}h"

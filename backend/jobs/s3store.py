@@ -10,7 +10,9 @@ One writer per symbol-year-product across machines: a lease object
 `raw/databento/.locks/…/TRADES.lock` created with `If-None-Match: *`, naming its holder and
 expiry, renewed while the run works (`If-Match` on its ETag), marked released at the end (never
 deleted: a delete could remove the lease another run has just taken over), and taken over once
-released or expired, or at once when its holder is a dead process on this very machine.
+released or expired, or at once when its holder is provably dead: a process of this very
+machine, boot and PID namespace that no longer exists (a pid seen from another container means
+nothing, so a holder there is waited for until its lease expires).
 """
 
 from __future__ import annotations
@@ -46,53 +48,250 @@ S3_CODE = re.compile(r"<Code>([^<]*)</Code>")
 S3_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
 
 
-def split_url(url: str) -> tuple[str, str]:
-    """`s3://bucket/some/prefix` -> (bucket, `some/prefix`); refused unless a bucket is named."""
-    rest = url.removeprefix("s3://")
-    bucket, _, prefix = rest.partition("/")
-    if not bucket or any(part in ("", ".", "..") for part in prefix.strip("/").split("/")[1:]):
-        from backend.jobs.errors import InvalidInputError
+S3_SCHEME = "s3://"
+# AWS's rules for general purpose buckets (docs.aws.amazon.com/AmazonS3/latest/userguide/
+# bucketnamingrules.html), which MinIO and R2 follow too: checked before any request, so a typo
+# is named as such instead of coming back from the server as NoSuchBucket.
+BUCKET_CHARS = re.compile(r"^[a-z0-9.-]+$")
+IP_FORMATTED = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+BUCKET_RULE = (
+    "a bucket name is 3 to 63 lower-case letters, digits, dots and hyphens, beginning and "
+    "ending with a letter or digit"
+)
+# S3 keys end at 1,024 bytes; the layout below the prefix (dataset, symbol, year, file) needs
+# the rest.
+MAX_PREFIX_BYTES = 768
+# `scheme://user:password@`: the password runs to the last `@` (it may hold `/`, `:` or `@`).
+URL_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):.*@")
+URL_USER = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 
-        raise InvalidInputError(
-            f"data dir {url!r} is not an S3 location: write s3://BUCKET or s3://BUCKET/PREFIX"
+
+def redact_url(url: str) -> str:
+    """The URL as it may be shown: a password masked (`s3://user:***@bucket/x`), and a lone user
+    name too, which may be a key (`s3://***@bucket/x`)."""
+    if URL_PASSWORD.match(url):
+        return URL_PASSWORD.sub(r"\g<head>:***@", url, count=1)
+    return URL_USER.sub(r"\g<head>***@", url, count=1)
+
+
+def bucket_problem(bucket: str) -> str:
+    """Pure: why S3 would refuse this bucket name, the first rule broken ("" when none is)."""
+    broken = [
+        (not 3 <= len(bucket) <= 63, f"{len(bucket)} character{'' if len(bucket) == 1 else 's'}"),
+        (any(char.isupper() for char in bucket), "upper-case letters"),
+        (not BUCKET_CHARS.match(bucket), "characters other than a-z, 0-9, '.' and '-'"),
+        (
+            not (bucket[:1].isalnum() and bucket[-1:].isalnum()),
+            "it must begin and end with a letter or digit",
+        ),
+        (".." in bucket, "two adjacent dots"),
+        (bool(IP_FORMATTED.match(bucket)), "formatted as an IP address"),
+        *((bucket.startswith(p), f"the prefix {p!r} is reserved by S3") for p in RESERVED_PREFIXES),
+        *((bucket.endswith(s), f"the suffix {s!r} is reserved by S3") for s in RESERVED_SUFFIXES),
+    ]
+    return next((reason for failed, reason in broken if failed), "")
+
+
+def split_url(url: str, source: str = "data dir") -> tuple[str, str]:
+    """`s3://bucket/some/prefix` -> (bucket, `some/prefix`): parsed strictly, before any request.
+
+    Refused with one line naming `source` (the URL shown with its password masked):
+    credentials, a query or fragment, a host and port, a bucket name S3 does not allow,
+    control characters or a backslash, and `.`, `..` or empty (`//`) segments. One trailing
+    `/` is fine. Pure: no I/O.
+    """
+    from backend.jobs.errors import InvalidInputError
+
+    shown = redact_url(url)
+
+    def refused(problem: str, fix: str = "write s3://BUCKET or s3://BUCKET/PREFIX") -> Exception:
+        return InvalidInputError(f"{source} {shown!r} {problem}: {fix}")
+
+    if url[: len(S3_SCHEME)].lower() != S3_SCHEME:
+        raise refused("is not an S3 location")
+    rest = url[len(S3_SCHEME) :]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if shown != url or "@" in authority:
+        raise refused(
+            "carries credentials",
+            "take them out of the URL; S3 credentials come only from the AWS configuration "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role)",
         )
-    return bucket, prefix.strip("/")
+    if "?" in rest or "#" in rest:
+        raise refused(
+            "has a query or fragment ('?' or '#')",
+            "write s3://BUCKET/PREFIX; a prefix here cannot hold '?' or '#'",
+        )
+    if "\\" in rest or any(ord(char) < 32 or 127 <= ord(char) < 160 for char in rest):
+        raise refused("has a backslash or control characters")
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in rest):
+        raise refused("is not valid UTF-8", "write the prefix in UTF-8")
+    if ":" in authority:
+        raise refused(
+            "names a host and port, not a bucket",
+            "write s3://BUCKET/PREFIX and put the endpoint in AWS_ENDPOINT_URL",
+        )
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise refused("is not an S3 location (it names no bucket)")
+    problem = bucket_problem(bucket)
+    if problem:
+        raise refused(f"has an invalid bucket name {bucket!r} ({problem})", BUCKET_RULE)
+    segments = prefix.removesuffix("/").split("/") if prefix.removesuffix("/") else []
+    if "" in segments:
+        plain = "/".join(segment for segment in segments if segment)
+        raise refused(
+            "has an empty path segment ('//')",
+            f"write it with single slashes: s3://{bucket}/{plain}",
+        )
+    if "." in segments or ".." in segments:
+        raise refused(
+            "has a '.' or '..' segment",
+            "name the prefix plainly; S3 does not resolve '.' and '..' (they would be part of "
+            "the key)",
+        )
+    prefix = "/".join(segments)
+    if len(prefix.encode()) > MAX_PREFIX_BYTES:
+        raise refused(
+            f"has a prefix longer than {MAX_PREFIX_BYTES} bytes",
+            "choose a shorter one (S3 keys end at 1,024 bytes)",
+        )
+    return bucket, prefix
+
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")  # Linux: a new random id at every boot
+PID_NAMESPACE = Path("/proc/self/ns/pid")  # Linux: its inode names this process's PID namespace
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lease: a process, named so that a pid is only ever compared with the pids
+    it can see. Containers often share a hostname (or get the host's): the boot id tells
+    machines apart, the PID-namespace inode tells containers on one machine apart.
+    `boot_id`/`pid_ns` are None when unknown (not Linux, or a lease an older version wrote).
+    """
+
+    label: str  # for people: in messages and the lease's `holder` field
+    host: str = ""
+    boot_id: str | None = None
+    pid_ns: int | None = None
+    pid: int | None = None
+
+    @classmethod
+    def current(cls) -> Holder:
+        host, pid, nonce = socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8]
+        boot_id, pid_ns = _boot_id(), _pid_namespace()
+        where = f"pid ns {pid_ns}" if pid_ns is not None else "pid ns ?"
+        where += f", boot {boot_id[:8]}" if boot_id else ", boot ?"
+        # No ':' in the label: versions before this one read `host:pid:…` from it and took a
+        # lease of "their" host with an invisible pid over at once; this label never matches.
+        label = f"{host} pid {pid} ({where}) run {nonce}"
+        return cls(label, host, boot_id, pid_ns, pid)
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "holder": self.label,
+            "host": self.host,
+            "boot_id": self.boot_id,
+            "pid_ns": self.pid_ns,
+            "pid": self.pid,
+        }
+
+    @classmethod
+    def from_fields(cls, raw: dict[str, Any]) -> Holder:
+        """Defensive: any field may be missing or of another type (older or foreign leases)."""
+        boot_id, pid_ns, pid = raw.get("boot_id"), raw.get("pid_ns"), raw.get("pid")
+        return cls(
+            str(raw["holder"]),
+            host=raw["host"] if isinstance(raw.get("host"), str) else "",
+            boot_id=boot_id if isinstance(boot_id, str) and boot_id else None,
+            pid_ns=pid_ns if isinstance(pid_ns, int) and not isinstance(pid_ns, bool) else None,
+            pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None,
+        )
+
+    def sees_pids_of(self, other: Holder) -> bool:
+        """Pure: `other`'s pid means the same process here (same machine, boot and PID
+        namespace), so whether it is alive can be checked. Unknown never counts as same."""
+        return (
+            bool(self.host)
+            and self.host == other.host
+            and self.boot_id is not None
+            and self.boot_id == other.boot_id
+            and self.pid_ns is not None
+            and self.pid_ns == other.pid_ns
+        )
+
+
+def _boot_id() -> str | None:
+    try:
+        return BOOT_ID.read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return PID_NAMESPACE.stat().st_ino
+    except OSError:
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists in this PID namespace (signal 0 checks only)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
 
 
 @dataclass(frozen=True)
 class Lease:
-    holder: str  # host:pid:random
+    holder: Holder
     expires_at: datetime
     released: bool = False
 
     @classmethod
     def parse(cls, data: bytes) -> Lease | None:
+        """A lease this tool wrote, in this version's shape or an older one; else None."""
         try:
             raw = json.loads(data)
             expires = datetime.fromisoformat(raw["expires_at"])
-            return cls(str(raw["holder"]), expires, bool(raw.get("released")))
-        except (ValueError, KeyError, TypeError):
+            if expires.tzinfo is None:
+                return None
+            return cls(Holder.from_fields(raw), expires, raw.get("released") is True)
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None  # not a lease this tool wrote: treated as expired
 
     def body(self) -> bytes:
-        fields = {"holder": self.holder, "expires_at": self.expires_at.isoformat()}
+        fields = {**self.holder.fields(), "expires_at": self.expires_at.isoformat()}
         return json.dumps({**fields, "released": True} if self.released else fields).encode()
 
-    def gone(self, now: datetime) -> bool:
-        """Released, expired, or held by a process of this machine that no longer exists."""
-        if self.released or self.expires_at <= now:
-            return True
-        host, _, rest = self.holder.partition(":")
-        pid = rest.partition(":")[0]
-        if host != socket.gethostname() or not pid.isdigit():
-            return False
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+
+def takeover(
+    lease: Lease | None, me: Holder, now: datetime, alive: Callable[[int], bool] = pid_alive
+) -> str | None:
+    """Pure but for `alive`: why a lease found held may be taken over now, or None (wait).
+
+    At once only when it is released, unreadable, or its holder is provably dead: a process
+    of this very machine, boot and PID namespace that no longer exists. A holder whose pid
+    this process cannot see (another machine, container or boot; or an older lease without
+    those fields) is waited for until the lease expires (it is renewed while it works).
+    """
+    if lease is None:
+        return "unreadable"
+    if lease.released:
+        return "released"
+    if lease.expires_at <= now:
+        return "expired"
+    pid = lease.holder.pid
+    if pid is not None and me.sees_pids_of(lease.holder) and not alive(pid):
+        return "its process no longer exists"
+    return None
 
 
 class S3Store:
@@ -135,17 +334,19 @@ class S3Store:
     # reads
 
     def exists(self) -> bool:
+        """Whether the prefix holds any object: S3 has no folders, so an empty prefix is what a
+        missing local folder is (a typo, or nothing cached there yet)."""
         import obstore
 
         try:
-            obstore.list_with_delimiter(self._store, "raw")
+            listed = obstore.list_with_delimiter(self._store)
         except obstore.exceptions.NotFoundError:
             return False
         except Exception as exc:  # noqa: BLE001  obstore's errors, one line to the user
             if "NoSuchBucket" in str(exc):
                 return False
             raise self._failed(exc, "list") from None
-        return True
+        return bool(listed["objects"] or listed["common_prefixes"])
 
     def head(self, key: str) -> ObjectInfo | None:
         import obstore
@@ -330,7 +531,7 @@ class S3Store:
 
     @contextlib.contextmanager
     def locked(self, locks: list[LockRequest], timeout_s: float) -> Iterator[None]:
-        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        holder = Holder.current()
         held: dict[str, str] = {}
         stop = threading.Event()
         renewer = threading.Thread(
@@ -350,11 +551,11 @@ class S3Store:
                 with contextlib.suppress(ConflictError):  # taken over: theirs now
                     self.write(key, released, expected=tag)
 
-    def _lease(self, holder: str) -> bytes:
+    def _lease(self, holder: Holder) -> bytes:
         expires = datetime.now(UTC) + timedelta(seconds=self.lease_ttl_s)
         return Lease(holder, expires).body()
 
-    def _acquire(self, lock: LockRequest, holder: str, timeout_s: float) -> str:
+    def _acquire(self, lock: LockRequest, holder: Holder, timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s
         waiting = False
         while True:
@@ -367,18 +568,19 @@ class S3Store:
                 continue  # released meanwhile
             data, tag = current
             other = Lease.parse(data)
-            if other is None or other.gone(datetime.now(UTC)):
+            why = takeover(other, holder, datetime.now(UTC))
+            if why is not None or other is None:
                 try:
                     taken = self.write(lock.key, self._lease(holder), expected=tag)
                 except ConflictError:
                     continue
-                if other is None or not other.released:
-                    who = other.holder if other else "unknown"
-                    logger.info("took over the lease on {} from {} (expired)", lock.label, who)
+                if why != "released":
+                    who = other.holder.label if other else "unknown"
+                    logger.info("took over the lease on {} from {} ({})", lock.label, who, why)
                 return taken
             if time.monotonic() >= deadline:
                 raise IngestError(
-                    f"another run ({other.holder}) holds the lease on {lock.label} until "
+                    f"another run ({other.holder.label}) holds the lease on {lock.label} until "
                     f"{other.expires_at:%H:%M:%S} UTC (renewed while it works): wait for it or "
                     "raise --lock-timeout"
                 )
@@ -386,11 +588,11 @@ class S3Store:
                 waiting = True
                 logger.info(
                     "another run ({}) is ingesting {}; waiting up to {:.0f}s for it",
-                    *(other.holder, lock.label, timeout_s),
+                    *(other.holder.label, lock.label, timeout_s),
                 )
             time.sleep(min(LEASE_WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
 
-    def _renew(self, held: dict[str, str], holder: str, stop: threading.Event) -> None:
+    def _renew(self, held: dict[str, str], holder: Holder, stop: threading.Event) -> None:
         """Push every lease's expiry forward a third of the way through its life."""
         while not stop.wait(self.lease_ttl_s / 3):
             for key, tag in list(held.items()):

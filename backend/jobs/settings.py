@@ -54,7 +54,9 @@ class Settings:
     max_cost_env: str = ""
     engine_env: str = ""
     data_url: str | None = None  # the data dir as a URL (s3://bucket/prefix)
+    data_source: str = "--data-dir"  # where the data dir was given, for messages: or DATA_DIR
     work_dir: Path | None = None  # --work-dir: local scratch of a bucket's run
+    work_dir_url: str | None = None  # --work-dir given as a URL: refused, it is a local folder
     cache_home: Path = Path("~/.cache")  # XDG_CACHE_HOME: the default work dir lives there
     aws_http_endpoint: bool = False  # AWS_ENDPOINT_URL is plain http (a local S3 server)
     aws_profile: bool = False  # credentials come from ~/.aws profiles (boto3's chain)
@@ -72,9 +74,12 @@ class Settings:
         """Flags win over the environment, which wins over the defaults; empty means unset."""
         env = os.environ if environ is None else environ
         key = env.get(API_KEY_ENV, "").strip()
-        folder = str(data_dir or "").strip() or env.get("DATA_DIR", "").strip()
+        flag = str(data_dir or "").strip()
+        folder = flag or env.get("DATA_DIR", "").strip()
         gateway_text = (gateway or "").strip() or env.get("DATABENTO_GATEWAY", "").strip()
-        url = folder if "://" in folder else None
+        url = folder if looks_like_url(folder) else None
+        scratch = (work_dir or "").strip()
+        scratch_url = scratch if looks_like_url(scratch) else None
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
         return cls(
             api_key=Secret(key) if key else None,
@@ -84,7 +89,9 @@ class Settings:
             max_cost_env=env.get("DATABENTO_MAX_COST", "").strip(),
             engine_env=env.get("DATABENTO_ENGINE", "").strip(),
             data_url=url,
-            work_dir=Path(work_dir.strip()).expanduser() if (work_dir or "").strip() else None,
+            data_source="--data-dir" if flag else "DATA_DIR",
+            work_dir=Path(scratch).expanduser() if scratch and not scratch_url else None,
+            work_dir_url=scratch_url,
             aws_http_endpoint=endpoint.strip().lower().startswith("http://"),
             aws_profile=uses_aws_profile(env),
             cache_home=Path(env.get("XDG_CACHE_HOME") or "~/.cache").expanduser(),
@@ -98,6 +105,13 @@ class Settings:
         """
         from backend.jobs.store import LocalStore
 
+        if self.work_dir_url is not None:
+            from backend.jobs.s3store import redact_url
+
+            raise InvalidInputError(
+                f"--work-dir {redact_url(self.work_dir_url)!r} is a URL: it takes a local folder "
+                "(the scratch for parts and files before upload), e.g. --work-dir /scratch/bento"
+            )
         if self.data_url is None:
             if self.work_dir is not None:
                 raise InvalidInputError(
@@ -105,14 +119,15 @@ class Settings:
                     "its files; drop --work-dir or point --data-dir at a bucket"
                 )
             return LocalStore(self.data_dir), self.data_dir
-        if not self.data_url.startswith("s3://"):
-            raise InvalidInputError(
-                f"data dir {self.data_url!r} is neither a local folder nor s3://BUCKET/PREFIX "
-                "(the only object store this tool writes to): fix --data-dir / DATA_DIR"
-            )
-        from backend.jobs.s3store import LEASE_TTL_S, S3Store, split_url
+        from backend.jobs.s3store import LEASE_TTL_S, S3Store, redact_url, split_url
 
-        bucket, prefix = split_url(self.data_url)
+        if not self.data_url.lower().startswith("s3://"):
+            raise InvalidInputError(
+                f"{self.data_source} {redact_url(self.data_url)!r} is neither a local folder nor "
+                "s3://BUCKET/PREFIX (the only object store this tool writes to): write "
+                "s3://BUCKET/PREFIX or a folder"
+            )
+        bucket, prefix = split_url(self.data_url, self.data_source)
         store = S3Store(
             self.data_url,
             allow_http=self.aws_http_endpoint,
@@ -153,6 +168,11 @@ class Settings:
         except ValueError:
             value = math.nan
         return valid_budget(value, f"DATABENTO_MAX_COST={self.max_cost_env!r}")
+
+
+def looks_like_url(text: str) -> bool:
+    """`scheme://…`, or `s3:` with a slash missing (`s3:/bucket`, `s3:bucket`): never a folder."""
+    return "://" in text or text[:3].lower() == "s3:"
 
 
 def uses_aws_profile(env: Mapping[str, str]) -> bool:

@@ -6,7 +6,7 @@ dates. Ids change (a corporate action) and are reused (a delisted id given to an
 so a record belongs to a symbol only through its id *and* its date. The split decodes the
 stream once, checks it like any part, and writes each symbol's records, in their order, behind
 the header a request for that symbol alone would carry (its own mappings, `partial`,
-`not_found`), in the two-frame `PartFile` layout the merge copies from.
+`not_found`), in the canonical `PartFile` layout (one frame per UTC day) the merge copies from.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zstandard
 
 from backend.jobs.dbnfile import (
-    COMPRESSION_LEVEL,
+    NS_PER_DAY,
     TS_RECV_OFFSET,
+    DayFrames,
     DbnReader,
     HashingWriter,
     HeaderFields,
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from backend.jobs.client import RangeRequest
 
 INSTRUMENT_ID_OFFSET = 4  # RecordHeader: length u8, rtype u8, publisher_id u16, instrument_id u32
-NS_PER_DAY = 86_400 * 1_000_000_000
 DAY_BITS = 20  # days since 1970 fit in 20 bits until the year 4840
 
 
@@ -94,15 +93,20 @@ def _day(value: Any) -> int:
 
 class SymbolPart:
     """One symbol's part: its records gathered raw while the stream is split, then written as
-    its header frame and one records frame.
+    its header frame and one frame per UTC day.
 
     Compressing only after the stream keeps one zstd context per worker, not one per symbol:
     memory stays flat whatever the group size (each symbol costs an open file, no more).
     """
 
-    def __init__(self, path: Path, header: bytes, raw: Path, stack: contextlib.ExitStack) -> None:
+    READ_RECORDS = 1 << 14  # records read back per block when compressing
+
+    def __init__(
+        self, path: Path, header: bytes, raw: Path, record_size: int, stack: contextlib.ExitStack
+    ) -> None:
         self.path = path
         self.header = header
+        self.record_size = record_size
         self.raw = stack.enter_context(raw.open("w+b"))
         self.records = 0
         self.first: int | None = None
@@ -119,13 +123,15 @@ class SymbolPart:
         self.raw.write(rows.tobytes())
 
     def finish(self) -> None:
-        """Write the part: header frame, then the gathered records compressed as one frame."""
+        """Write the part: header frame, then the gathered records in day frames."""
         self.raw.seek(0)
-        compressor = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, write_checksum=True)
         with self.path.open("wb") as handle:
             sink = HashingWriter(handle)
             sink.write(PartFile.header_frame(self.header))
-            compressor.copy_stream(self.raw, sink)
+            frames = DayFrames(sink, self.record_size)
+            while block := self.raw.read(self.record_size * self.READ_RECORDS):
+                frames.write(block)
+            frames.close()
         self.sha256, self.bytes = sink.sha256.hexdigest(), sink.bytes
 
 
@@ -188,6 +194,7 @@ def split_by_symbol(
                 outputs[symbol],
                 symbol_header(request, metadata, symbol),
                 workdir / f"{index}.raw",
+                record_size,
                 stack,
             )
             for index, symbol in enumerate(request.symbols)

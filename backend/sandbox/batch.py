@@ -27,6 +27,9 @@ logger = logging.getLogger("backend.sandbox")
 
 USER_ID = "SANDBOX1"
 JOB_STATES = ("received", "queued", "processing", "done", "expired")
+# How a job object shows its symbols: "string", comma-joined as Databento documents it
+# (`"symbols": "ZC.FUT,ES.FUT"`), or "array", as the official C++ and Rust clients also accept.
+SYMBOLS_SHAPES = ("string", "array")
 _STAGES = JOB_STATES[:4]
 _DONE = _STAGES.index("done")
 _PROCESSING = _STAGES.index("processing")
@@ -110,8 +113,14 @@ class BatchJob:
         record_size: int,
         cost_usd: float,
         directory: Path,
+        symbols_shape: str = "string",
     ) -> None:
+        if symbols_shape not in SYMBOLS_SHAPES:
+            raise ValueError(
+                f"symbols_shape must be one of {SYMBOLS_SHAPES}, got {symbols_shape!r}"
+            )
         self.id = job_id
+        self.symbols_shape = symbols_shape
         self.request = request
         self._planned = timeline
         self._source = source
@@ -275,6 +284,7 @@ class BatchJob:
             "user_id": self.user_id,
             "cost_usd": self._cost_usd,
             **self.request.query_fields(),
+            "symbols": self._shown_symbols(),
             **self.request.delivery_fields(),
             "state": state,
             "ts_received": format_iso_ns(timeline.received_ns),
@@ -290,6 +300,10 @@ class BatchJob:
             "package_size": None,
             "progress": progress,
         }
+
+    def _shown_symbols(self) -> str | list[str]:
+        symbols = list(self.request.symbols)
+        return ",".join(symbols) if self.symbols_shape == "string" else symbols
 
 
 class BatchBook:

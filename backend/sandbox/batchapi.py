@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -14,7 +15,7 @@ from backend.sandbox import errors
 from backend.sandbox.batch import JOB_STATES, BatchJob, Timeline, new_job_id
 from backend.sandbox.batchfiles import SPLIT_DURATIONS, BatchFile, BatchRequest
 from backend.sandbox.catalog import ALL_STYPES, COMPRESSIONS, ENCODINGS
-from backend.sandbox.responses import FileResponse, JsonResponse, Response
+from backend.sandbox.responses import FileResponse, JsonResponse, Response, StreamResponse
 from backend.sandbox.timestamps import NS_PER_SECOND
 
 if TYPE_CHECKING:
@@ -25,10 +26,24 @@ if TYPE_CHECKING:
 # A file download, `/v0/batch/download/<user_id>/<job_id>/<filename>`, is recorded, counted
 # and matched by faults under this name, with user_id, job_id, filename and range as params.
 FILE_ENDPOINT = "batch/download"
-DEFAULT_LISTED_STATES = "queued,processing,done"
+# The values list_jobs' `states` filter is documented to take (the SDK's JobState); a job can
+# still show `received` before it is queued, but that is no filter value.
+FILTER_STATES = ("queued", "processing", "done", "expired")
+# Without `states`: "all except expired", as documented; read here as every state a job can
+# show, `received` included (whether the service lists a just-received job then is not
+# documented; our client relies only on the documented "all", see client.jobs_since).
+DEFAULT_LISTED_STATES = frozenset(JOB_STATES) - {"expired"}
+# What answers a submit when SandboxGateway.batch_submit_answer is "502": a proxy in front of
+# the service, which created the job all the same (nginx's page, as text/html).
+PROXY_502_BODY = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
 DOCS_BATCH = "https://databento.com/docs/api-reference-historical/batch"
 FTP_HOST = "ftp.databento.com"
 _RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)")
+_JSON = {"Content-Type": "application/json"}
 
 
 def file_request_params(endpoint: str) -> dict[str, str] | None:
@@ -50,7 +65,8 @@ def submit_job(
 
     Its files start being written now, on a background thread (before this answers when the
     job has no processing time): it is done once both its processing time has passed and its
-    files are written.
+    files are written. The job object shows its symbols as `gw.batch_symbols` says, and the
+    answer is lost, the job created all the same, when `gw.batch_submit_answer` says so.
     """
     request = _batch_request(call, query)
     received_ns = time.time_ns()
@@ -69,10 +85,32 @@ def submit_job(
         record_size=query.record_size,
         cost_usd=cost_usd,
         directory=gw.batch_directory(job_id),
+        symbols_shape=gw.batch_symbols,
     )
     gw.batch_book.add(job)
     job.start_writing(background=processing_ns > 0)
+    return _submit_answer(gw.batch_submit_answer, job)
+
+
+def _submit_answer(lost: str, job: BatchJob) -> Response:
+    """The answer to a submit whose job exists now: its job object, or a lost answer.
+
+    "502": a proxy's 502 page (HTML, not the API's JSON). "cut": a 200's status line and
+    headers, then the connection is reset before the first byte of the job object (the
+    server drops a connection whose body fails with an OSError).
+    """
+    if lost == "502":
+        return StreamResponse(
+            iter([PROXY_502_BODY]), status=502, headers={"Content-Type": "text/html"}
+        )
+    if lost == "cut":
+        return StreamResponse(_reset_before_any_byte(job.id), headers=_JSON)
     return JsonResponse(job.submitted_details())
+
+
+def _reset_before_any_byte(job_id: str) -> Iterator[bytes]:
+    raise ConnectionResetError(f"sandbox: the answer to the submit of {job_id} is lost")
+    yield b""  # a generator: raises when the server asks for the first piece of the body
 
 
 def get_job_details(gw: SandboxGateway, call: ApiCall) -> Response:
@@ -193,13 +231,17 @@ def _unsupported(case: str, message: str, payload: dict[str, object]) -> errors.
     return errors.business_error(422, case, message, docs=DOCS_BATCH, payload=payload)
 
 
-def _listed_states(call: ApiCall) -> set[str]:
-    text = call.optional("states") or DEFAULT_LISTED_STATES
-    states = {state.strip() for state in text.split(",") if state.strip()}
+def _listed_states(call: ApiCall) -> frozenset[str]:
+    """The documented filter values asked for (422 for any other, `received` included), or
+    every state but expired without a filter."""
+    text = call.optional("states")
+    if text is None:
+        return DEFAULT_LISTED_STATES
+    states = [state.strip() for state in text.split(",") if state.strip()]
     for state in states:
-        if state not in JOB_STATES:
-            raise errors.enum_error(call.location, "states", state, JOB_STATES)
-    return states
+        if state not in FILTER_STATES:
+            raise errors.enum_error(call.location, "states", state, FILTER_STATES)
+    return frozenset(states)
 
 
 def _known_job(gw: SandboxGateway, call: ApiCall) -> BatchJob:
@@ -240,7 +282,7 @@ def _file_entry(gw: SandboxGateway, job: BatchJob, batch_file: BatchFile) -> dic
     return {
         "filename": batch_file.filename,
         "size": batch_file.size,
-        "hash": f"sha256:{batch_file.sha256}",
+        "hash": None if gw.batch_file_hashes == "null" else f"sha256:{batch_file.sha256}",
         "urls": {
             "https": f"https://{gw.gateway}/v0/{FILE_ENDPOINT}/{location}",
             "ftp": f"ftp://{FTP_HOST}/{location}",

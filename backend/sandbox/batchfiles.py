@@ -1,7 +1,14 @@
 """A batch job's files: one DBN file per split period, then the support files, written to disk.
 
-Each data file is byte for byte the timeseries.get_range body (encoding=dbn and the job's
-compression) for the job's symbols over the job's range clipped to the file's period.
+By default each data file is byte for byte the timeseries.get_range body (encoding=dbn and the
+job's compression) for the job's symbols over the job's range clipped to the file's period.
+Databento does not document two things, so the job's `JobSource` picks each (tests run both):
+
+- `empty_files`: a period without records (a weekend day, an empty week) gets a header-only
+  file ("present") or no file at all ("absent");
+- `headers`: each file's DBN header carries its own period as `start`/`end` with the period's
+  symbology ("period"), or the whole job's range, symbology, `partial` and `not_found` in
+  every file ("job"); the records are the period's either way.
 """
 
 from __future__ import annotations
@@ -16,12 +23,18 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from backend.sandbox.bodies import BodySettings, RangeQuery, range_body
-from backend.sandbox.catalog import SymbolCatalog, day_conditions, resolve_answer
+from backend.sandbox.bodies import BodySettings, RangeQuery, matching_fixture, range_body
+from backend.sandbox.catalog import Resolution, SymbolCatalog, day_conditions, resolve_answer
+from backend.sandbox.dbnstream import encode_body, encode_metadata
+from backend.sandbox.records import count_records, iter_range_records
 from backend.sandbox.timestamps import ceil_date, date_to_ns, format_iso_ns, ns_to_date
 
 SPLIT_DURATIONS = ("day", "week", "month", "year", "none")
 SUPPORT_FILES = ("metadata.json", "symbology.json", "condition.json")
+EMPTY_FILES = ("present", "absent")
+FILE_HEADERS = ("period", "job")
+EmptyFiles = Literal["present", "absent"]
+FileHeaders = Literal["period", "job"]
 
 
 class JobFilesCancelledError(Exception):
@@ -85,6 +98,8 @@ class JobSource:
     body: BodySettings
     catalog: SymbolCatalog
     degraded_days: frozenset[date]
+    empty_files: EmptyFiles = "present"  # a period without records: header-only file, or none
+    headers: FileHeaders = "period"  # each file's header: its own period, or the job's range
 
 
 @dataclass(frozen=True)
@@ -191,16 +206,75 @@ def write_zip(path: Path, files: Iterable[BatchFile]) -> None:
 def _period_bodies(
     request: BatchRequest, source: JobSource
 ) -> Iterator[tuple[int, int, Iterator[bytes]]]:
-    """Each period's get_range body; a period where no symbol resolves gets a header only."""
+    """Each period's body, as `source.headers` says; a period where no symbol resolves gets a
+    header only, and a period without records no file when `source.empty_files` is "absent"."""
+    symbols = list(request.symbols)
+    whole = source.catalog.resolve(
+        request.dataset, symbols, ns_to_date(request.start_ns), ceil_date(request.end_ns)
+    )
     for start_ns, end_ns in split_periods(request.start_ns, request.end_ns, request.split_duration):
-        symbols = list(request.symbols)
         resolution = source.catalog.resolve(
             request.dataset, symbols, ns_to_date(start_ns), ceil_date(end_ns)
         )
         query = RangeQuery(
             request.dataset, request.schema, symbols, start_ns, end_ns, None, resolution
         )
-        yield start_ns, end_ns, range_body(source.body, query, request.compression)
+        if source.empty_files == "absent" and not _records_in(source.body, query):
+            continue
+        if source.headers == "job":
+            yield start_ns, end_ns, _job_header_body(request, source.body, query, whole)
+        else:
+            yield start_ns, end_ns, range_body(source.body, query, request.compression)
+
+
+def _records_in(settings: BodySettings, query: RangeQuery) -> int:
+    """How many records the period's get_range body holds (counted, not generated)."""
+    fixture = matching_fixture(settings.fixtures, query)
+    if fixture is not None:
+        return fixture.record_count
+    return sum(
+        count_records(
+            query.dataset,
+            symbol,
+            intervals,
+            start_ns=query.start_ns,
+            end_ns=query.end_ns,
+            records_per_day=settings.records_per_day,
+        )
+        for symbol, intervals in query.resolution.mappings.items()
+    )
+
+
+def _job_header_body(
+    request: BatchRequest, settings: BodySettings, period: RangeQuery, whole: Resolution
+) -> Iterator[bytes]:
+    """The period's records behind the header of the whole job (its range and symbology)."""
+    metadata = encode_metadata(
+        dataset=request.dataset,
+        schema=request.schema,
+        start_ns=request.start_ns,
+        end_ns=request.end_ns,
+        limit=None,
+        symbols=request.symbols,
+        partial=whole.partial,
+        not_found=whole.not_found,
+        mappings=whole.mappings,
+    )
+    records = iter_range_records(
+        period.dataset,
+        period.schema,
+        period.resolution.mappings,
+        start_ns=period.start_ns,
+        end_ns=period.end_ns,
+        records_per_day=settings.records_per_day,
+    )
+    return encode_body(
+        metadata,
+        records,
+        compression=request.compression,
+        frames=settings.frames,
+        level=settings.compression_level,
+    )
 
 
 def _write(

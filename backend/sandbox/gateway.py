@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import trustme
 
-from backend.sandbox.batch import BatchBook
-from backend.sandbox.batchfiles import JobSource
+from backend.sandbox.batch import SYMBOLS_SHAPES, BatchBook
+from backend.sandbox.batchfiles import EMPTY_FILES, FILE_HEADERS, EmptyFiles, FileHeaders, JobSource
 from backend.sandbox.bodies import BodySettings
 from backend.sandbox.catalog import DATASETS, SymbolCatalog, default_catalog
 from backend.sandbox.dbnstream import FrameCache, encode_cached_days
@@ -31,6 +31,8 @@ from backend.sandbox.timestamps import to_ns, today_midnight_ns
 
 _STOP_JOIN_TIMEOUT_S = 5.0
 _THIRTY_DAYS_S = 30 * 86_400.0
+SUBMIT_ANSWERS = ("sent", "502", "cut")
+FILE_HASHES = ("sha256", "null")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,11 @@ class SandboxGateway:
         latency_s: float = 0.0,
         batch_processing_s: float = 0.0,
         batch_expiry_s: float = _THIRTY_DAYS_S,
+        batch_symbols: Literal["string", "array"] = "string",
+        batch_submit_answer: Literal["sent", "502", "cut"] = "sent",
+        batch_empty_files: EmptyFiles = "present",
+        batch_file_headers: FileHeaders = "period",
+        batch_file_hashes: Literal["sha256", "null"] = "sha256",
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -75,6 +82,21 @@ class SandboxGateway:
             raise ValueError(
                 f"no_session_answer must be 'empty' or '422', got {no_session_answer!r}"
             )
+        if batch_symbols not in SYMBOLS_SHAPES:
+            raise ValueError(
+                f"batch_symbols must be one of {SYMBOLS_SHAPES}, got {batch_symbols!r}"
+            )
+        if batch_submit_answer not in SUBMIT_ANSWERS:
+            raise ValueError(
+                f"batch_submit_answer must be one of {SUBMIT_ANSWERS}, got {batch_submit_answer!r}"
+            )
+        for name, value, allowed in (
+            ("batch_empty_files", batch_empty_files, EMPTY_FILES),
+            ("batch_file_headers", batch_file_headers, FILE_HEADERS),
+            ("batch_file_hashes", batch_file_hashes, FILE_HASHES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self._initial_settings: dict[str, Any] = {
             "records_per_day": records_per_day,
             "available_end": available_end,
@@ -88,6 +110,11 @@ class SandboxGateway:
             "latency_s": latency_s,
             "batch_processing_s": batch_processing_s,
             "batch_expiry_s": batch_expiry_s,
+            "batch_symbols": batch_symbols,
+            "batch_submit_answer": batch_submit_answer,
+            "batch_empty_files": batch_empty_files,
+            "batch_file_headers": batch_file_headers,
+            "batch_file_hashes": batch_file_hashes,
         }
         self.records_per_day: int = records_per_day
         self.available_end: datetime | date | str | None = available_end
@@ -110,6 +137,20 @@ class SandboxGateway:
         # then expires batch_expiry_s later. Both are read at submission.
         self.batch_processing_s: float = batch_processing_s
         self.batch_expiry_s: float = batch_expiry_s
+        # How job objects show `symbols`: "string", comma-joined as Databento documents it, or
+        # "array" (the official C++ and Rust clients accept both). Read at submission.
+        self.batch_symbols: Literal["string", "array"] = batch_symbols
+        # Every batch.submit_job creates its job, then: "sent" answers it; "502" answers a
+        # proxy's 502 page instead; "cut" resets the connection before the job object is sent.
+        self.batch_submit_answer: Literal["sent", "502", "cut"] = batch_submit_answer
+        # What Databento does not document about a job's files (batchfiles.py); the first two
+        # are read at submission, the third by every list_files:
+        # a split period without records gets a header-only file ("present") or none ("absent");
+        # each file's DBN header carries its own period ("period") or the job's range ("job");
+        # list_files gives each file's `hash` ("sha256") or null for every file ("null").
+        self.batch_empty_files: EmptyFiles = batch_empty_files
+        self.batch_file_headers: FileHeaders = batch_file_headers
+        self.batch_file_hashes: Literal["sha256", "null"] = batch_file_hashes
         self.batch_book = BatchBook()
         # per_day only: serve repeated days from memory, see dbnstream.FrameCache
         self.frame_cache = FrameCache(frame_cache_mb * 2**20) if frame_cache_mb else None
@@ -367,6 +408,8 @@ class SandboxGateway:
             body=self.body_settings(),
             catalog=self.catalog.copy(),
             degraded_days=frozenset(self.degraded_days),
+            empty_files=self.batch_empty_files,
+            headers=self.batch_file_headers,
         )
 
     def batch_directory(self, job_id: str) -> Path:
