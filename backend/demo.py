@@ -60,7 +60,7 @@ def run(step: str, *args: str, env: dict[str, str]) -> int:
 
 
 def stamp(ns: int) -> str:
-    from backend.jobs.plan import format_ns
+    from backend.jobs.core.ranges import format_ns
 
     return format_ns(int(ns))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from backend.jobs.cli import app
+from backend.jobs.cli.app import app
 from backend.sandbox import SandboxGateway
 
 SANDBOX_AVAILABLE_END = datetime(2025, 6, 1, tzinfo=UTC)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.jobs.dbnfile import read_metadata
+from backend.jobs.core.dbn import read_metadata
 from tests.helpers import completions, written_files, year_folder
 
 OTHER = "EQUS.MINI"  # the sandbox's second dataset (from 2023-03-28)

@@ -214,9 +214,9 @@ def test_usage_errors_under_log_json_are_one_json_line(data_dir):
 
 def test_locks_are_taken_in_one_order_whatever_the_products_order(data_dir):
     """Waiting for TBBO, a run asked for trades,tbbo holds nothing: no lock-order deadlock."""
-    from backend.jobs.cache import YearFolder
-    from backend.jobs.locks import locked
-    from backend.jobs.plan import PRODUCTS
+    from backend.jobs.cache.layout import YearFolder
+    from backend.jobs.cache.locks import locked
+    from backend.jobs.core.ranges import PRODUCTS
 
     folder = YearFolder(data_dir, "AAPL", 2023)
     folder.make_locks()

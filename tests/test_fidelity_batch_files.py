@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.jobs.batch import FileContent, coverage_problem
-from backend.jobs.plan import TimeRange
+from backend.jobs.core.ranges import TimeRange
+from backend.jobs.engines.batch import FileContent, coverage_problem
 from backend.sandbox import Fault
 from backend.sandbox.batchfiles import BatchFile, JobFiles
 from tests.helpers import YEAR_2023, completions, decompressed, plain_get_range, year_folder
@@ -362,7 +362,7 @@ def test_sandbox_file_knobs_shape_list_files_and_headers(
     gateway, sdk, tmp_path, modes, data_files, hashed
 ):
     """Each knob changes what the service is free to do, and nothing else."""
-    from backend.jobs.dbnfile import read_metadata
+    from backend.jobs.core.dbn import read_metadata
 
     use_modes(gateway, *modes)
     job_id = first_week_job(sdk)

@@ -22,11 +22,11 @@ import databento
 import pytest
 import requests
 
-from backend.jobs.batch import find_submitted
-from backend.jobs.batchjob import JobFile, JobRecord, JobRequest, job_symbols
-from backend.jobs.client import DatabentoClient
+from backend.jobs.cache.jobrecord import JobFile, JobRecord, JobRequest, job_symbols
+from backend.jobs.client.databento import DatabentoClient
+from backend.jobs.core.ranges import TimeRange
+from backend.jobs.engines.batch import find_submitted
 from backend.jobs.errors import IngestError
-from backend.jobs.plan import TimeRange
 from backend.jobs.settings import Secret
 from backend.sandbox import Fault, SandboxGateway
 from backend.sandbox.batchapi import FILTER_STATES
@@ -311,7 +311,7 @@ def test_kill_9_between_submit_and_record_bills_one_job(gateway, cli, data_dir, 
 
 def test_proxy_502_is_reported_by_its_page_title():
     """A proxy's HTML 502 names itself, not "no reason given"."""
-    from backend.jobs.client import server_reason
+    from backend.jobs.client.databento import server_reason
     from backend.sandbox.batchapi import PROXY_502_BODY
 
     error = databento.BentoServerError(http_status=502, http_body=PROXY_502_BODY)

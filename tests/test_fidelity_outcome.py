@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
+from backend.jobs.cli.report import not_fetched_lines
 from backend.jobs.errors import combined_exit_code
 from backend.jobs.ingest import IngestReport, left_by
-from backend.jobs.preflight import FAILED, NO_DATA, UNKNOWN_SYMBOL, Failure, UniversePlan
-from backend.jobs.report import not_fetched_lines
+from backend.jobs.plan.preflight import FAILED, NO_DATA, UNKNOWN_SYMBOL, Failure, UniversePlan
 from backend.sandbox import Fault
 from tests.helpers import completions, year_folder
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.jobs.decision import CacheKey, FileHeader, Fit, adoption
-from backend.jobs.plan import TimeRange, date_ns, year_range
+from backend.jobs.cache.decision import CacheKey, FileHeader, Fit, adoption
+from backend.jobs.core.ranges import TimeRange, date_ns, year_range
 from tests.helpers import completions, plain_get_range, year_folder
 
 GET_RANGE, SUBMIT = "timeseries.get_range", "batch.submit_job"

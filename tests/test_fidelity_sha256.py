@@ -19,15 +19,15 @@ import pytest
 import zstandard
 from typer.testing import CliRunner
 
-from backend.jobs import plan
-from backend.jobs.cache import ScratchFiles
-from backend.jobs.chunks import Part, check_part
-from backend.jobs.cli import app
-from backend.jobs.client import RangeRequest
-from backend.jobs.dbnfile import NS_PER_DAY, TS_RECV_OFFSET, DayFrames, HashingWriter, PartFile
-from backend.jobs.merge import MergedWriter, header_from_parts
-from backend.jobs.plan import TimeRange, parse_timestamp_ns
-from backend.jobs.store import LocalStore
+from backend.jobs.core import ranges as plan
+from backend.jobs.cache.layout import ScratchFiles
+from backend.jobs.cli.app import app
+from backend.jobs.client.databento import RangeRequest
+from backend.jobs.core.dbn import NS_PER_DAY, TS_RECV_OFFSET, DayFrames, HashingWriter, PartFile
+from backend.jobs.core.ranges import TimeRange, parse_timestamp_ns
+from backend.jobs.engines.merge import MergedWriter, header_from_parts
+from backend.jobs.engines.parts import Part, check_part
+from backend.jobs.store.base import LocalStore
 from backend.sandbox import Fault
 from tests.helpers import decompressed, plain_get_range, year_folder
 
@@ -245,7 +245,7 @@ def test_old_framing_file_in_the_cache_stays_valid(gateway, cli, data_dir, refer
 def test_day_frames_do_not_depend_on_how_records_arrive(monkeypatch, block_records):
     """Each frame is fed in fixed pieces from its start, whatever blocks the records came in;
     days cut at midnight concatenate into the whole range's framing."""
-    from backend.jobs import dbnfile
+    from backend.jobs.core import dbn as dbnfile
 
     monkeypatch.setattr(dbnfile, "FRAME_PIECE", 4096)  # several pieces per day
     days = np.repeat(np.arange(19_000, 19_003, dtype=np.uint64), 500)

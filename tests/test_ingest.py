@@ -10,7 +10,7 @@ from pathlib import Path
 import databento
 import pytest
 
-from backend.jobs.dbnfile import read_metadata
+from backend.jobs.core.dbn import read_metadata
 from backend.sandbox import expected_records
 from tests.helpers import (
     FIXTURES,
@@ -202,7 +202,7 @@ def test_cached_rerun_does_not_import_databento(gateway, cli, data_dir):
     gateway.reset()
     probe = (
         "import sys\n"
-        "from backend.jobs.cli import app\n"
+        "from backend.jobs.cli.app import app\n"
         "try:\n"
         f"    app(['data', '--symbol', 'AAPL', '--year', '2023', '--data-dir', {str(data_dir)!r}])"
         "\n"

@@ -561,7 +561,7 @@ def test_status_does_not_import_databento_or_pandas(cached, data_dir):
     """status reads local files only: no SDK import, no API key needed."""
     probe = (
         "import sys\n"
-        "from backend.jobs.cli import app\n"
+        "from backend.jobs.cli.app import app\n"
         "try:\n"
         f"    app(['status', '--data-dir', {str(data_dir)!r}])\n"
         "except SystemExit as done:\n"

@@ -7,9 +7,8 @@ from datetime import date
 
 import pytest
 
-from backend.jobs.cache import folder_symbol, symbol_folder
-from backend.jobs.errors import InvalidInputError
-from backend.jobs.plan import (
+from backend.jobs.cache.layout import folder_symbol, symbol_folder
+from backend.jobs.core.ranges import (
     TimeRange,
     clamp_year,
     date_ns,
@@ -22,6 +21,7 @@ from backend.jobs.plan import (
     validate_year,
     year_range,
 )
+from backend.jobs.errors import InvalidInputError
 
 
 def test_parse_products_is_case_insensitive_and_deduplicated():
@@ -143,7 +143,7 @@ def test_parse_timestamp_ns_reads_databento_formats(text, ns):
 
 def test_split_listed_skips_gaps_and_keeps_calendar_bounds_across_id_changes():
     """A delisted stretch is never requested; an instrument id change is no chunk boundary."""
-    from backend.jobs.plan import TimeRange, date_ns, split_listed, year_range
+    from backend.jobs.core.ranges import TimeRange, date_ns, split_listed, year_range
 
     def days(first: date, last: date) -> TimeRange:
         return TimeRange(date_ns(first), date_ns(last))
@@ -177,7 +177,7 @@ def test_split_listed_skips_gaps_and_keeps_calendar_bounds_across_id_changes():
 )
 def test_parse_years_reads_ranges_and_lists(text, years):
     """--years takes ranges and lists, keeps the order given and drops repeats."""
-    from backend.jobs.universe import parse_years
+    from backend.jobs.core.universe import parse_years
 
     assert parse_years(text) == years
 
@@ -185,7 +185,7 @@ def test_parse_years_reads_ranges_and_lists(text, years):
 @pytest.mark.parametrize("text", ["", "2023-2021", "20x3", "2023-", "1900-2023", "\u00b2"])
 def test_parse_years_refuses_what_is_not_years(text):
     """Bad ranges, non-ASCII digits and out-of-range years are input errors."""
-    from backend.jobs.universe import parse_years
+    from backend.jobs.core.universe import parse_years
 
     with pytest.raises(InvalidInputError):
         parse_years(text)
@@ -193,7 +193,7 @@ def test_parse_years_refuses_what_is_not_years(text):
 
 def test_universe_is_the_cross_product_without_repeats(tmp_path):
     """--symbol, --symbols and --symbols-file add up; duplicates and comments are dropped."""
-    from backend.jobs.universe import universe
+    from backend.jobs.core.universe import universe
 
     listing = tmp_path / "list.txt"
     listing.write_text("# header\nmsft\n\nAAPL # again\nnvda\n")
@@ -220,7 +220,7 @@ def test_universe_is_the_cross_product_without_repeats(tmp_path):
 )
 def test_auto_chunking_picks_the_unit_by_estimated_bytes(size, unit):
     """About 256 MB per request: a small year is one request, a huge one is cut in days."""
-    from backend.jobs.plan import chunk_unit
+    from backend.jobs.core.ranges import chunk_unit
 
     assert chunk_unit("auto", size) == unit
     assert chunk_unit("week", size) == "week"

@@ -159,8 +159,8 @@ def test_status_of_a_missing_bucket_exits_2(s3, cli):
 
 def test_server_honours_the_conditional_writes_the_cache_relies_on(s3):
     """If this fails, the local S3 server no longer tests leases and manifest merges."""
-    from backend.jobs.s3store import S3Store
-    from backend.jobs.store import ConflictError
+    from backend.jobs.store.base import ConflictError
+    from backend.jobs.store.s3 import S3Store
 
     store = S3Store(URL, allow_http=True, profile=False, lease_ttl_s=60)
     first = store.write("k", b"1", expected=None)
@@ -174,8 +174,8 @@ def test_server_honours_the_conditional_writes_the_cache_relies_on(s3):
 
 def test_manifest_entries_of_concurrent_writers_are_all_kept(s3):
     """Eight writers record eight products at once: If-Match conflicts are merged, none lost."""
-    from backend.jobs.manifest import Manifest, ManifestEntry
-    from backend.jobs.s3store import S3Store
+    from backend.jobs.cache.manifest import Manifest, ManifestEntry
+    from backend.jobs.store.s3 import S3Store
 
     store = S3Store(URL, allow_http=True, profile=False, lease_ttl_s=60)
     entry = {

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from backend.jobs.client import RangeRequest
-from backend.jobs.dbnfile import scan
+from backend.jobs.client.databento import RangeRequest
+from backend.jobs.core.dbn import scan
+from backend.jobs.core.ranges import TimeRange, parse_timestamp_ns
+from backend.jobs.engines.split import split_by_symbol
 from backend.jobs.errors import CorruptFileError
-from backend.jobs.plan import TimeRange, parse_timestamp_ns
-from backend.jobs.split import split_by_symbol
 from tests.helpers import add_tricky_symbols, decompressed, plain_get_range
 
 START, END = "2023-05-01T00:00:00Z", "2023-08-01T00:00:00Z"

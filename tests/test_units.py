@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from backend.jobs.dbnfile import coalesce, read_metadata, scan
-from backend.jobs.decision import Action, CacheKey, CacheState, OnDisk, decide
+from backend.jobs.cache.decision import Action, CacheKey, CacheState, OnDisk, decide
+from backend.jobs.cache.manifest import ManifestEntry, RecordedRequest, parse_manifest
+from backend.jobs.client.retry import RetryPolicy
+from backend.jobs.core.dbn import coalesce, read_metadata, scan
 from backend.jobs.errors import CorruptFileError, InvalidInputError
 from backend.jobs.logs import secret_pattern
-from backend.jobs.manifest import ManifestEntry, RecordedRequest, parse_manifest
-from backend.jobs.retry import RetryPolicy
 from backend.jobs.settings import Secret, Settings, normalize_gateway
 from tests.helpers import FIXTURES
 
@@ -264,7 +264,7 @@ def test_client_translates_sdk_errors_and_lets_our_bugs_surface(api_key):
     """A transport failure becomes a retryable error; a TypeError of ours stays a TypeError."""
     import requests
 
-    from backend.jobs.client import DatabentoClient
+    from backend.jobs.client.databento import DatabentoClient
     from backend.jobs.errors import IngestError
 
     client = DatabentoClient(Secret(api_key), "https://127.0.0.1:1", policy=RetryPolicy(retries=0))
@@ -309,7 +309,7 @@ def test_pacer_spaces_requests_and_holds_them_all_after_a_429():
     import threading
     import time
 
-    from backend.jobs.retry import Pacer
+    from backend.jobs.client.retry import Pacer
 
     pacer = Pacer({"timeseries": 20.0, "metadata": 1000.0})
     stop = threading.Event()
@@ -329,7 +329,7 @@ def test_pacer_spaces_requests_and_holds_them_all_after_a_429():
 )
 def test_parse_size_reads_decimal_and_binary_units(text, expected):
     """GB is 10^9 bytes, as Databento bills; GiB is 2^30."""
-    from backend.jobs.engines import parse_size
+    from backend.jobs.core.units import parse_size
 
     assert parse_size(text) == expected
 
@@ -338,14 +338,14 @@ def test_parse_size_reads_decimal_and_binary_units(text, expected):
     ("text", "expected"), [("6h", 21600), ("90m", 5400), ("1h30m", 5400), ("45s", 45), ("10", 10)]
 )
 def test_parse_duration_reads_hours_minutes_seconds(text, expected):
-    from backend.jobs.engines import parse_duration
+    from backend.jobs.core.units import parse_duration
 
     assert parse_duration(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "0", "-5", "6x", "h", "1h-3m"])
 def test_parse_duration_refuses_what_is_not_a_positive_duration(text):
-    from backend.jobs.engines import parse_duration
+    from backend.jobs.core.units import parse_duration
 
     with pytest.raises(InvalidInputError, match="is not a duration"):
         parse_duration(text)
@@ -361,7 +361,7 @@ def test_parse_duration_refuses_what_is_not_a_positive_duration(text):
     ],
 )
 def test_choose_engine_uses_batch_above_the_threshold_only_in_auto(engine, estimate, expected):
-    from backend.jobs.engines import choose_engine
+    from backend.jobs.core.units import choose_engine
 
     chosen, why = choose_engine(engine, estimate, 5 * 10**9)
     assert chosen == expected
@@ -370,8 +370,8 @@ def test_choose_engine_uses_batch_above_the_threshold_only_in_auto(engine, estim
 
 def test_job_request_recognises_its_own_job_among_others():
     """A lost submit's job is found by what it asks for, not by time alone."""
-    from backend.jobs.batchjob import JobRequest
-    from backend.jobs.plan import TimeRange
+    from backend.jobs.cache.jobrecord import JobRequest
+    from backend.jobs.core.ranges import TimeRange
     from tests.helpers import YEAR_2023
 
     job = JobRequest("XNAS.ITCH", ("AAPL", "MSFT"), "trades", TimeRange(*YEAR_2023), "month")
@@ -396,8 +396,8 @@ def test_pacer_lets_20_submits_through_a_minute_then_makes_the_next_wait():
     """Databento allows 20 batch submits a minute, in any rhythm."""
     import threading
 
+    from backend.jobs.client.retry import SUBMITS_PER_WINDOW, Pacer
     from backend.jobs.errors import CancelledError
-    from backend.jobs.retry import SUBMITS_PER_WINDOW, Pacer
 
     pacer, stop = Pacer(), threading.Event()
     for _ in range(SUBMITS_PER_WINDOW):

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from backend.jobs.cache import (
+from backend.jobs.cache.decision import Action, CacheKey, FileHeader, Fit, OnDisk, adoption, decide
+from backend.jobs.cache.layout import (
     LOCKS_SUBDIR,
     PARTS_SUBDIR,
     RAW_SUBDIR,
@@ -35,26 +36,25 @@ from backend.jobs.cache import (
     remove_stale_temps,
     writable_folder,
 )
-from backend.jobs.client import DatabentoClient
-from backend.jobs.decision import Action, CacheKey, FileHeader, Fit, OnDisk, adoption, decide
+from backend.jobs.cache.locks import locked
+from backend.jobs.cache.manifest import Manifest, ManifestContent, ManifestEntry, product_entry
+from backend.jobs.client.databento import DatabentoClient
+from backend.jobs.client.retry import RetryPolicy
+from backend.jobs.core.ranges import Product, TimeRange
+from backend.jobs.core.request import IngestRequest, ProductResult
 from backend.jobs.errors import (
     CorruptFileError,
     IngestError,
     InvalidInputError,
     combined_exit_code,
 )
-from backend.jobs.locks import locked
-from backend.jobs.manifest import Manifest, ManifestContent, ManifestEntry, product_entry
-from backend.jobs.plan import Product, TimeRange
-from backend.jobs.request import IngestRequest, ProductResult
-from backend.jobs.retry import RetryPolicy
 from backend.jobs.settings import Settings
-from backend.jobs.store import Store, sha256_of
+from backend.jobs.store.base import Store, sha256_of
 
 if TYPE_CHECKING:
-    from backend.jobs.dbnfile import StreamSummary
-    from backend.jobs.preflight import Failure, UniversePlan
-    from backend.jobs.progress import Progress
+    from backend.jobs.cli.progress import Progress
+    from backend.jobs.core.dbn import StreamSummary
+    from backend.jobs.plan.preflight import Failure, UniversePlan
 
 ClientFactory = Callable[..., Any]  # (key, gateway, *, timeout_s, policy, stop) -> client
 
@@ -88,7 +88,7 @@ def left_by(
     error: IngestError, plan: UniversePlan, done: set[tuple[str, int, str]]
 ) -> list[Failure]:
     """Pure: each planned symbol-year-product the failed run did not finish, with its error."""
-    from backend.jobs.preflight import FAILED, Failure
+    from backend.jobs.plan.preflight import FAILED, Failure
 
     text = str(error).strip()
     line = text.splitlines()[0] if text else type(error).__name__
@@ -120,7 +120,7 @@ def run_ingest(
     symbol-year-product it left unfetched are in the report (errors before any download,
     such as the preflight's, are raised).
     """
-    from backend.jobs.preflight import UniversePlan
+    from backend.jobs.plan.preflight import UniversePlan
 
     store, work_root = settings.location()
     folders = [
@@ -150,7 +150,7 @@ def run_ingest(
                 check_work_dir(settings, work_root)
             check_destinations(store, pending, work_root=work_root, batch=engine == "batch")
             # Only now the download machinery: a cached re-run must stay cheap to start.
-            from backend.jobs.preflight import check_budget, plan_universe
+            from backend.jobs.plan.preflight import check_budget, plan_universe
 
             gateway, budget = settings.gateway_url(), settings.budget()  # input errors first
             key = settings.require_key()
@@ -371,8 +371,8 @@ def expected_spans(
 ) -> dict[tuple[YearFolder, str], TimeRange]:
     """The range a fetch of each product asks for, as the preflight clamps it: the year cut to
     the dataset, then to where the symbol is listed (metadata and symbology calls, free)."""
-    from backend.jobs.plan import clamp_year
-    from backend.jobs.preflight import Failure, resolve_all, resolved_span
+    from backend.jobs.core.ranges import clamp_year
+    from backend.jobs.plan.preflight import Failure, resolve_all, resolved_span
 
     if not products:
         return {}
@@ -401,7 +401,7 @@ def expected_spans(
 
 def read_header(folder: YearFolder, product: Product) -> FileHeader | None:
     """A file's own DBN header, its first frame only (None: unusable, said once)."""
-    from backend.jobs.dbnfile import read_metadata
+    from backend.jobs.core.dbn import read_metadata
 
     store, name = folder.storage, folder.final_key(product.name)
     try:
@@ -414,7 +414,7 @@ def read_header(folder: YearFolder, product: Product) -> FileHeader | None:
 
 def scanned(folder: YearFolder, product: Product) -> StreamSummary | None:
     """A file with no usable entry decoded whole, offline (None: unusable, said once)."""
-    from backend.jobs.dbnfile import scan
+    from backend.jobs.core.dbn import scan
 
     store, name = folder.storage, folder.final_key(product.name)
     try:
@@ -523,7 +523,7 @@ def check_destinations(
 
 def batch_folders(work_root: Path, job_ids: list[str] | tuple[str, ...] = ()) -> list[Path]:
     """The batch engine's working folders: its jobs' downloads and their locks."""
-    from backend.jobs.batch import BATCH_SUBDIR
+    from backend.jobs.engines.batch import BATCH_SUBDIR
 
     root = work_root / RAW_SUBDIR
     return [
@@ -560,9 +560,9 @@ def fetch(
     Batch jobs are submitted first, so the service prepares them while the streamed groups
     download; then their files are fetched.
     """
-    from backend.jobs.batch import BatchEngine
-    from backend.jobs.download import download
-    from backend.jobs.progress import NullProgress, OverallProgress
+    from backend.jobs.cli.progress import NullProgress, OverallProgress
+    from backend.jobs.engines.batch import BatchEngine
+    from backend.jobs.engines.stream import download
 
     progress = progress or NullProgress()
     if request.is_universe:

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from backend.jobs.engines import Engine, parse_engine
+from backend.jobs.core.units import Engine, parse_engine
 from backend.jobs.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from backend.jobs.store import Store
+    from backend.jobs.store.base import Store
 
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 API_KEY_ENV = "DATABENTO_API_KEY"
@@ -103,10 +103,10 @@ class Settings:
         A local data dir keeps its parts beside its files; a bucket's go to --work-dir
         (default: a cache folder of this user), one folder per bucket and prefix.
         """
-        from backend.jobs.store import LocalStore
+        from backend.jobs.store.base import LocalStore
 
         if self.work_dir_url is not None:
-            from backend.jobs.s3store import redact_url
+            from backend.jobs.store.s3 import redact_url
 
             raise InvalidInputError(
                 f"--work-dir {redact_url(self.work_dir_url)!r} is a URL: it takes a local folder "
@@ -119,7 +119,7 @@ class Settings:
                     "its files; drop --work-dir or point --data-dir at a bucket"
                 )
             return LocalStore(self.data_dir), self.data_dir
-        from backend.jobs.s3store import LEASE_TTL_S, S3Store, redact_url, split_url
+        from backend.jobs.store.s3 import LEASE_TTL_S, S3Store, redact_url, split_url
 
         if not self.data_url.lower().startswith("s3://"):
             raise InvalidInputError(

@@ -10,7 +10,8 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from backend.jobs.cache import (
+from backend.jobs.cache.decision import CacheKey, CacheState, FileHeader, OnDisk, cache_state
+from backend.jobs.cache.layout import (
     DATASETS_SUBDIR,
     DEFAULT_DATASET,
     FINAL_SUFFIX,
@@ -19,11 +20,10 @@ from backend.jobs.cache import (
     YearFolder,
     folder_symbol,
 )
-from backend.jobs.dbnfile import read_metadata
-from backend.jobs.decision import CacheKey, CacheState, FileHeader, OnDisk, cache_state
+from backend.jobs.core.dbn import read_metadata
+from backend.jobs.core.ranges import DATASET_PATTERN, PRODUCTS
 from backend.jobs.errors import CorruptFileError, InvalidInputError
-from backend.jobs.plan import DATASET_PATTERN, PRODUCTS
-from backend.jobs.store import ObjectInfo, Store, sha256_of
+from backend.jobs.store.base import ObjectInfo, Store, sha256_of
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def folder_of(key: str) -> tuple[str, str, int, str] | None:
 def job_record_of(key: str) -> tuple[str, str, int, str] | None:
     """Pure: (dataset, symbol, year, product) of a product's batch job record
     (`{YEAR}/.parts/{PRODUCT}/batch-job.json`); None for any other key."""
-    from backend.jobs.batchjob import STATE_FILE
+    from backend.jobs.cache.jobrecord import STATE_FILE
 
     place = _below_raw(key)
     if place is None:
@@ -128,7 +128,7 @@ def cached_products(
             f"data dir {store.where('').rstrip('/')} does not exist: check --data-dir / DATA_DIR "
             "(nothing has been cached there yet)"
         )
-    from backend.jobs.manifest import EMPTY, Manifest
+    from backend.jobs.cache.manifest import EMPTY, Manifest
 
     found = []
     now_ns = time.time_ns()

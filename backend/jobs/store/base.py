@@ -25,7 +25,12 @@ from typing import BinaryIO, Protocol
 
 from loguru import logger
 
-from backend.jobs.cache import publish, remove_stale_temps, temp_path_for, writable_destination
+from backend.jobs.cache.layout import (
+    publish,
+    remove_stale_temps,
+    temp_path_for,
+    writable_destination,
+)
 from backend.jobs.errors import IngestError
 
 READ_SIZE = 1 << 20
@@ -178,7 +183,7 @@ class LocalStore:
         """Kernel file locks (released if the process dies), taken in key order."""
         from filelock import FileLock, Timeout
 
-        from backend.jobs.cache import RAW_SUBDIR, make_working_dir
+        from backend.jobs.cache.layout import RAW_SUBDIR, make_working_dir
 
         base = self.root / RAW_SUBDIR  # it may be a link; what the tool creates below may not
         base.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,10 @@ import contextlib
 import resource
 from collections.abc import Iterable, Iterator
 
-from backend.jobs.cache import YearFolder
+from backend.jobs.cache.layout import YearFolder
+from backend.jobs.core.ranges import Product
 from backend.jobs.errors import IngestError
-from backend.jobs.plan import Product
-from backend.jobs.store import LockRequest
+from backend.jobs.store.base import LockRequest
 
 SPARE_FILES = 256  # descriptors kept free for connections, parts and logs
 

@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from loguru import logger
 
-from backend.jobs.cache import ScratchFiles
-from backend.jobs.chunks import Part
-from backend.jobs.client import RangeRequest
-from backend.jobs.dbnfile import (
+from backend.jobs.cache.layout import ScratchFiles
+from backend.jobs.client.databento import RangeRequest
+from backend.jobs.core.dbn import (
     NS_PER_DAY,
     HashingWriter,
     HeaderFields,
@@ -20,10 +19,11 @@ from backend.jobs.dbnfile import (
     encode_header,
     write_day_frames,
 )
-from backend.jobs.plan import TimeRange
+from backend.jobs.core.ranges import TimeRange
+from backend.jobs.engines.parts import Part
 
 if TYPE_CHECKING:
-    from backend.jobs.store import Store
+    from backend.jobs.store.base import Store
 
 
 @dataclass(frozen=True)

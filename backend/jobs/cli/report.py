@@ -10,14 +10,14 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from backend.jobs.cache.inventory import CachedProduct, RecordedJob
+    from backend.jobs.core.ranges import TimeRange
+    from backend.jobs.core.request import IngestRequest
     from backend.jobs.ingest import IngestReport
-    from backend.jobs.inventory import CachedProduct, RecordedJob
-    from backend.jobs.plan import TimeRange
-    from backend.jobs.preflight import GroupPlan
-    from backend.jobs.request import IngestRequest
+    from backend.jobs.plan.preflight import GroupPlan
 
-from backend.jobs.plan import counted
-from backend.jobs.preflight import usd
+from backend.jobs.core.ranges import counted
+from backend.jobs.plan.preflight import usd
 
 PIPE_WIDTH = 120
 

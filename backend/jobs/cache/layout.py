@@ -33,7 +33,7 @@ from urllib.parse import quote, unquote
 from backend.jobs.errors import IngestError
 
 if TYPE_CHECKING:
-    from backend.jobs.store import Store
+    from backend.jobs.store.base import Store
 
 RAW_SUBDIR = Path("raw") / "databento"
 DEFAULT_DATASET = "XNAS.ITCH"
@@ -79,7 +79,7 @@ class YearFolder:
     def storage(self) -> Store:
         if self.store is not None:
             return self.store
-        from backend.jobs.store import LocalStore
+        from backend.jobs.store.base import LocalStore
 
         return LocalStore(self.data_dir)
 

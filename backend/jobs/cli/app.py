@@ -16,13 +16,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from loguru import logger
 
-from backend.jobs.engines import (
+from backend.jobs.client.retry import DEFAULT_TIMEOUT_S, MAX_RETRY_AFTER_S
+from backend.jobs.core.ranges import CHUNKINGS, counted, normalize_dataset, parse_products
+from backend.jobs.core.request import DEFAULT_GROUP_SIZE
+from backend.jobs.core.units import (
     DEFAULT_BATCH_ABOVE,
     DEFAULT_BATCH_TIMEOUT,
     parse_duration,
     parse_engine,
     parse_size,
 )
+from backend.jobs.core.universe import parse_year, symbol_option, universe
 from backend.jobs.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -31,17 +35,13 @@ from backend.jobs.errors import (
     StopRequestedError,
 )
 from backend.jobs.logs import setup_logging, warnings_logged
-from backend.jobs.plan import CHUNKINGS, counted, normalize_dataset, parse_products
-from backend.jobs.request import DEFAULT_GROUP_SIZE
-from backend.jobs.retry import DEFAULT_TIMEOUT_S, MAX_RETRY_AFTER_S
 from backend.jobs.settings import Settings
-from backend.jobs.universe import parse_year, symbol_option, universe
 
 if TYPE_CHECKING:
+    from backend.jobs.cache.inventory import CachedProduct
+    from backend.jobs.core.request import IngestRequest
     from backend.jobs.ingest import IngestReport
-    from backend.jobs.inventory import CachedProduct
-    from backend.jobs.request import IngestRequest
-    from backend.jobs.store import Store
+    from backend.jobs.store.base import Store
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -267,9 +267,9 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     the same request (dataset, schema, symbol, year) is skipped without any request and without
     the API key. DATA_DIR may be a folder or s3://BUCKET/PREFIX, shared by many machines.
     """
+    from backend.jobs.cli.progress import NullProgress, RichProgress, wants_progress
+    from backend.jobs.core.request import IngestRequest
     from backend.jobs.ingest import run_ingest
-    from backend.jobs.progress import NullProgress, RichProgress, wants_progress
-    from backend.jobs.request import IngestRequest
 
     level = "DEBUG" if verbose else "SUCCESS" if quiet else log_level.upper()
     settings = Settings.from_env(
@@ -313,7 +313,7 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
         finally:
             if progress:
                 progress.close()
-        from backend.jobs import report as tables
+        from backend.jobs.cli import report as tables
 
         if dry_run and not log_json:
             tables.print_plan(report, request)
@@ -340,7 +340,7 @@ def _cached(
     symbol: str | None, year: str | None, dataset: str | None, data_dir: str | None
 ) -> tuple[Store, list[CachedProduct]]:
     """Set up logging, validate the filters, list the cache (its store only, never Databento)."""
-    from backend.jobs.inventory import cached_products
+    from backend.jobs.cache.inventory import cached_products
 
     setup_logging()
     try:
@@ -375,8 +375,8 @@ def status(
     still being fetched: job id, state, age, cost. Reads the data dir only (a folder, or a
     bucket's listing, manifests and job records): no Databento, no API key needed.
     """
-    from backend.jobs.inventory import recorded_jobs, status_json
-    from backend.jobs.report import print_status
+    from backend.jobs.cache.inventory import recorded_jobs, status_json
+    from backend.jobs.cli.report import print_status
 
     store, items = _cached(symbol, year, dataset, data_dir)
     try:  # the filters were checked by _cached
@@ -409,7 +409,7 @@ def verify(
 
     Objects in a bucket are streamed through the hash, never copied to disk.
     """
-    from backend.jobs.inventory import verify_product
+    from backend.jobs.cache.inventory import verify_product
 
     store, items = _cached(symbol, year, dataset, data_dir)
     bad = 0
@@ -503,7 +503,3 @@ def main() -> None:
     except typer.Abort:
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
-
-
-if __name__ == "__main__":
-    main()

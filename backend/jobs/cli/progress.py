@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from backend.jobs.cache import TEMP_SUFFIX
+from backend.jobs.cache.layout import TEMP_SUFFIX
 
 REFRESH_S = 0.5
 

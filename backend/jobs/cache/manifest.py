@@ -16,14 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backend.jobs.core.ranges import TimeRange, format_ns, parse_timestamp_ns
 from backend.jobs.errors import IngestError
-from backend.jobs.plan import TimeRange, format_ns, parse_timestamp_ns
-from backend.jobs.store import ConflictError
+from backend.jobs.store.base import ConflictError
 
 if TYPE_CHECKING:
-    from backend.jobs.cache import YearFolder
-    from backend.jobs.chunks import Part
-    from backend.jobs.store import Store
+    from backend.jobs.cache.layout import YearFolder
+    from backend.jobs.engines.parts import Part
+    from backend.jobs.store.base import Store
 
 MANIFEST_FORMAT = 1
 RECORD_ATTEMPTS = 20
@@ -348,7 +348,7 @@ def product_entry(
 
     Files this tool writes are framed canonically; an adopted file is described as found.
     """
-    from backend.jobs.dbnfile import FRAMING
+    from backend.jobs.core.dbn import FRAMING
 
     def stamp(ns: int | None) -> str | None:
         return None if ns is None else format_ns(ns)

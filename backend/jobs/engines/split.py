@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backend.jobs.dbnfile import (
+from backend.jobs.core.dbn import (
     NS_PER_DAY,
     TS_RECV_OFFSET,
     DayFrames,
@@ -39,7 +39,7 @@ from backend.jobs.errors import CorruptFileError
 if TYPE_CHECKING:
     from databento_dbn import Metadata
 
-    from backend.jobs.client import RangeRequest
+    from backend.jobs.client.databento import RangeRequest
 
 INSTRUMENT_ID_OFFSET = 4  # RecordHeader: length u8, rtype u8, publisher_id u16, instrument_id u32
 DAY_BITS = 20  # days since 1970 fit in 20 bits until the year 4840
@@ -137,7 +137,7 @@ class SymbolPart:
 
 def symbol_header(request: RangeRequest, metadata: Metadata, symbol: str) -> bytes:
     """The header a request for `symbol` alone, over the same range, would start with."""
-    from backend.jobs.client import RangeRequest
+    from backend.jobs.client.databento import RangeRequest
 
     intervals = [
         (item["start_date"], item["end_date"], item["symbol"])
@@ -174,7 +174,7 @@ def split_by_symbol(
 
     from databento_dbn import Metadata
 
-    from backend.jobs.plan import TimeRange
+    from backend.jobs.core.ranges import TimeRange
 
     with contextlib.ExitStack() as stack:
         if isinstance(source, Path):

@@ -7,8 +7,8 @@ import math
 import re
 from typing import Literal
 
+from backend.jobs.core.ranges import Chunking
 from backend.jobs.errors import InvalidInputError
-from backend.jobs.plan import Chunking
 
 Engine = Literal["auto", "stream", "batch"]
 ENGINES: tuple[Engine, ...] = ("auto", "stream", "batch")

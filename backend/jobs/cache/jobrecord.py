@@ -22,10 +22,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from backend.jobs.plan import STYPE_IN, STYPE_OUT, TimeRange, parse_timestamp_ns
+from backend.jobs.core.ranges import STYPE_IN, STYPE_OUT, TimeRange, parse_timestamp_ns
 
 if TYPE_CHECKING:
-    from backend.jobs.store import Store
+    from backend.jobs.store.base import Store
 
 STATE_FILE = "batch-job.json"
 STATE_FORMAT = 1

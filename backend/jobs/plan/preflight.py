@@ -10,12 +10,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
-from backend.jobs.client import RangeRequest
-from backend.jobs.dbnfile import HeaderFields, coalesce
-from backend.jobs.engines import Engine, choose_engine, split_duration
-from backend.jobs.errors import EXIT_INVALID_INPUT, BudgetExceededError, InvalidInputError
-from backend.jobs.logs import key_value_line
-from backend.jobs.plan import (
+from backend.jobs.client.databento import RangeRequest
+from backend.jobs.core.concurrency import run_concurrently
+from backend.jobs.core.dbn import HeaderFields, coalesce
+from backend.jobs.core.ranges import (
     Chunking,
     Product,
     TimeRange,
@@ -27,11 +25,13 @@ from backend.jobs.plan import (
     split_range,
     symbology_end_date,
 )
-from backend.jobs.threads import run_concurrently
+from backend.jobs.core.units import Engine, choose_engine, split_duration
+from backend.jobs.errors import EXIT_INVALID_INPUT, BudgetExceededError, InvalidInputError
+from backend.jobs.logs import key_value_line
 
 if TYPE_CHECKING:
-    from backend.jobs.batchjob import JobRecord
-    from backend.jobs.cache import YearFolder
+    from backend.jobs.cache.jobrecord import JobRecord
+    from backend.jobs.cache.layout import YearFolder
 
 MAX_SYMBOLS_PER_REQUEST = 2_000  # Databento's limit for one get_range or symbology.resolve
 ESTIMATES_AT_ONCE = 4  # metadata calls in flight during the preflight (20/s allowed)
@@ -245,7 +245,7 @@ def plan_universe(
             )
         )
     members = [m for m in members if (m.symbol, m.year) not in failures]
-    from backend.jobs.batch import resume_recorded_jobs
+    from backend.jobs.engines.batch import resume_recorded_jobs
 
     resumed, members = resume_recorded_jobs(
         client, dataset, members, dry_run=dry_run, skip_failed=engine == "stream" or force

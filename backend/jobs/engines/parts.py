@@ -12,9 +12,10 @@ from typing import BinaryIO, Protocol, TypeVar
 
 from loguru import logger
 
-from backend.jobs.cache import ScratchFiles, publish
-from backend.jobs.client import RangeRequest
-from backend.jobs.dbnfile import (
+from backend.jobs.cache.layout import ScratchFiles, publish
+from backend.jobs.client.databento import RangeRequest
+from backend.jobs.client.retry import RetryPolicy, retrying
+from backend.jobs.core.dbn import (
     HeaderFields,
     PartFile,
     StreamSummary,
@@ -22,9 +23,8 @@ from backend.jobs.dbnfile import (
     request_mismatch,
     scan,
 )
+from backend.jobs.core.ranges import TimeRange, format_ns, has_weekday
 from backend.jobs.errors import CancelledError, CorruptFileError, NoDataError, TransientError
-from backend.jobs.plan import TimeRange, format_ns, has_weekday
-from backend.jobs.retry import RetryPolicy, retrying
 
 T = TypeVar("T")
 
@@ -277,7 +277,7 @@ def fetch_group_chunk(
     request for its symbol alone returns; a chunk the service refuses as holding nothing to
     resolve gives every symbol an empty part, as for a single symbol.
     """
-    from backend.jobs.split import split_by_symbol
+    from backend.jobs.engines.split import split_by_symbol
 
     def alone(symbol: str) -> RangeRequest:
         return RangeRequest(request.dataset, (symbol,), request.schema, request.span)

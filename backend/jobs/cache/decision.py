@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from backend.jobs.manifest import ManifestEntry, RecordedRequest
-from backend.jobs.plan import (
+from backend.jobs.cache.manifest import ManifestEntry, RecordedRequest
+from backend.jobs.core.ranges import (
     NS_PER_SECOND,
     STYPE_IN,
     STYPE_OUT,

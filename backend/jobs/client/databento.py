@@ -13,7 +13,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from backend.jobs.batchjob import JobFile, JobRequest
+from backend.jobs.cache.jobrecord import JobFile, JobRequest
+from backend.jobs.client.retry import (
+    DEFAULT_TIMEOUT_S,
+    RATE_LIMITED_HOLD_S,
+    Pacer,
+    RetryPolicy,
+    retrying,
+)
+from backend.jobs.core.concurrency import run_concurrently
+from backend.jobs.core.ranges import (
+    STYPE_IN,
+    STYPE_OUT,
+    TimeRange,
+    parse_timestamp_ns,
+    symbology_end_date,
+)
 from backend.jobs.errors import (
     DISK_FULL_ERRNOS,
     CancelledError,
@@ -25,21 +40,6 @@ from backend.jobs.errors import (
     NoDataError,
     TransientError,
 )
-from backend.jobs.plan import (
-    STYPE_IN,
-    STYPE_OUT,
-    TimeRange,
-    parse_timestamp_ns,
-    symbology_end_date,
-)
-from backend.jobs.retry import (
-    DEFAULT_TIMEOUT_S,
-    RATE_LIMITED_HOLD_S,
-    Pacer,
-    RetryPolicy,
-    retrying,
-)
-from backend.jobs.threads import run_concurrently
 
 if TYPE_CHECKING:
     from backend.jobs.settings import Secret
@@ -354,7 +354,7 @@ def _end_date(span: TimeRange) -> str:
     """
     from datetime import timedelta
 
-    from backend.jobs.plan import ns_to_datetime
+    from backend.jobs.core.ranges import ns_to_datetime
 
     end = symbology_end_date(span)
     start = ns_to_datetime(span.start_ns).date()

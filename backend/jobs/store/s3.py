@@ -35,7 +35,7 @@ from typing import Any
 from loguru import logger
 
 from backend.jobs.errors import IngestError
-from backend.jobs.store import ConflictError, LockRequest, ObjectInfo
+from backend.jobs.store.base import ConflictError, LockRequest, ObjectInfo
 
 PART_SIZE = 8 * 2**20  # multipart part size; memory in flight is UPLOAD_THREADS parts
 UPLOAD_THREADS = 4

@@ -7,8 +7,8 @@ import codecs
 import sys
 from pathlib import Path
 
+from backend.jobs.core.ranges import MAX_YEAR, MIN_YEAR, counted, normalize_symbol
 from backend.jobs.errors import InvalidInputError
-from backend.jobs.plan import MAX_YEAR, MIN_YEAR, counted, normalize_symbol
 
 MAX_YEARS = 100
 # A symbols file is read up to this size and no further (`--symbols-file /dev/zero` ends at

@@ -8,18 +8,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any, TypeVar
 
-from backend.jobs.cache import ScratchFiles, YearFolder
-from backend.jobs.chunks import Part, fetch_chunk, fetch_group_chunk
-from backend.jobs.client import DatabentoClient, RangeRequest
-from backend.jobs.decision import CacheKey
+from backend.jobs.cache.decision import CacheKey
+from backend.jobs.cache.layout import ScratchFiles, YearFolder
+from backend.jobs.cache.manifest import BatchRecord, Manifest, product_entry
+from backend.jobs.cli.progress import Progress
+from backend.jobs.client.databento import DatabentoClient, RangeRequest
+from backend.jobs.client.retry import RetryPolicy
+from backend.jobs.core.ranges import TimeRange
+from backend.jobs.core.request import IngestRequest, ProductResult
+from backend.jobs.engines.merge import MergedWriter
+from backend.jobs.engines.parts import Part, fetch_chunk, fetch_group_chunk
 from backend.jobs.errors import DISK_FULL_ERRNOS, DiskFullError, IngestError
-from backend.jobs.manifest import BatchRecord, Manifest, product_entry
-from backend.jobs.merge import MergedWriter
-from backend.jobs.plan import TimeRange
-from backend.jobs.preflight import GroupPlan, ProductPlan
-from backend.jobs.progress import Progress
-from backend.jobs.request import IngestRequest, ProductResult
-from backend.jobs.retry import RetryPolicy
+from backend.jobs.plan.preflight import GroupPlan, ProductPlan
 
 T = TypeVar("T")
 

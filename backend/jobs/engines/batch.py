@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
-from backend.jobs.batchjob import JobFile, JobRecord, JobRequest, read_record, write_record
-from backend.jobs.cache import (
+from backend.jobs.cache.jobrecord import JobFile, JobRecord, JobRequest, read_record, write_record
+from backend.jobs.cache.layout import (
     LOCKS_SUBDIR,
     RAW_SUBDIR,
     ScratchFiles,
@@ -47,9 +47,12 @@ from backend.jobs.cache import (
     make_working_dir,
     publish,
 )
-from backend.jobs.chunks import GrowingFile, Part, empty_part, stream_and_check
-from backend.jobs.client import RangeRequest
-from backend.jobs.dbnfile import (
+from backend.jobs.cache.manifest import BatchRecord, JobFileRecord, Manifest
+from backend.jobs.cli.progress import Progress
+from backend.jobs.client.databento import RangeRequest
+from backend.jobs.client.retry import RetryPolicy, retrying
+from backend.jobs.core.concurrency import run_concurrently
+from backend.jobs.core.dbn import (
     DbnReader,
     HashingReader,
     HeaderFields,
@@ -59,7 +62,11 @@ from backend.jobs.dbnfile import (
     scan,
     sha256_file,
 )
-from backend.jobs.engines import split_duration
+from backend.jobs.core.ranges import STYPE_IN, STYPE_OUT, TimeRange, format_ns, split_range
+from backend.jobs.core.request import IngestRequest, ProductResult
+from backend.jobs.core.units import split_duration
+from backend.jobs.engines.merge import MergedWriter
+from backend.jobs.engines.parts import GrowingFile, Part, empty_part, stream_and_check
 from backend.jobs.errors import (
     CancelledError,
     CorruptFileError,
@@ -67,14 +74,7 @@ from backend.jobs.errors import (
     JobGoneError,
     TransientError,
 )
-from backend.jobs.manifest import BatchRecord, JobFileRecord, Manifest
-from backend.jobs.merge import MergedWriter
-from backend.jobs.plan import STYPE_IN, STYPE_OUT, TimeRange, format_ns, split_range
-from backend.jobs.preflight import GroupPlan, ProductPlan
-from backend.jobs.progress import Progress
-from backend.jobs.request import IngestRequest, ProductResult
-from backend.jobs.retry import RetryPolicy, retrying
-from backend.jobs.threads import run_concurrently
+from backend.jobs.plan.preflight import GroupPlan, ProductPlan
 
 if TYPE_CHECKING:
     from databento_dbn import Metadata
@@ -616,7 +616,7 @@ class BatchEngine:
         only bounds its records. Each part is named after the file, so files whose headers
         all carry the job's range do not collide.
         """
-        from backend.jobs.split import split_by_symbol
+        from backend.jobs.engines.split import split_by_symbol
 
         job = run.record.request
         group = run.group
@@ -679,7 +679,7 @@ class BatchEngine:
         self, run: JobRun, scratch: ScratchFiles, started: float
     ) -> Iterator[ProductResult]:
         """Every file checked: validate the job's coverage, then merge and publish each member."""
-        from backend.jobs.download import finish_product
+        from backend.jobs.engines.stream import finish_product
 
         with self._validating(run):
             problem = coverage_problem(
@@ -893,6 +893,6 @@ def merge_order(parts: list[Part], span: TimeRange) -> list[Part]:
 
 
 def _cost(cost_usd: float | None) -> str:
-    from backend.jobs.preflight import usd
+    from backend.jobs.plan.preflight import usd
 
     return "cost not reported" if cost_usd is None else usd(float(cost_usd))

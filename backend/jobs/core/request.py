@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.jobs.engines import (
+from backend.jobs.client.retry import DEFAULT_TIMEOUT_S
+from backend.jobs.core.ranges import Chunking, Product
+from backend.jobs.core.units import (
     DEFAULT_BATCH_ABOVE,
     DEFAULT_BATCH_TIMEOUT,
     Engine,
@@ -13,8 +15,6 @@ from backend.jobs.engines import (
     parse_size,
 )
 from backend.jobs.logs import completion_line
-from backend.jobs.plan import Chunking, Product
-from backend.jobs.retry import DEFAULT_TIMEOUT_S
 
 # Symbols per multi-symbol request. Each symbol of a group in flight keeps a zstd context
 # (~0.45 MB) while its records are split out, so 50 x 4 jobs stays near 100 MB.

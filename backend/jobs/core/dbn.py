@@ -28,8 +28,8 @@ from backend.jobs.errors import CorruptFileError
 if TYPE_CHECKING:
     from databento_dbn import Metadata
 
-    from backend.jobs.client import RangeRequest
-    from backend.jobs.plan import TimeRange
+    from backend.jobs.client.databento import RangeRequest
+    from backend.jobs.core.ranges import TimeRange
 
 READ_SIZE = 1 << 15  # small reads keep decompressed pieces in cache and memory flat
 COPY_SIZE = 1 << 18  # copies of compressed frames: larger blocks, fewer system calls
@@ -421,7 +421,7 @@ class HeaderFields:
         """The mappings a request for `span` alone would carry: intervals cut to its dates."""
         from datetime import timedelta
 
-        from backend.jobs.plan import ns_to_datetime
+        from backend.jobs.core.ranges import ns_to_datetime
 
         first = ns_to_datetime(span.start_ns).date()
         last = ns_to_datetime(span.end_ns - 1).date() + timedelta(days=1)
@@ -443,7 +443,7 @@ def encode_header(request: RangeRequest, fields: HeaderFields) -> bytes:
     """The DBN metadata a single request for `request.span` would start with."""
     from databento_dbn import Metadata, Schema, SType
 
-    from backend.jobs.plan import STYPE_IN, STYPE_OUT
+    from backend.jobs.core.ranges import STYPE_IN, STYPE_OUT
 
     mappings = [
         SimpleNamespace(
@@ -474,7 +474,7 @@ def encode_header(request: RangeRequest, fields: HeaderFields) -> bytes:
 
 def request_mismatch(metadata: Metadata, request: RangeRequest) -> str:
     """What in a stream's header differs from the request it answers ("" when nothing)."""
-    from backend.jobs.plan import STYPE_IN, STYPE_OUT
+    from backend.jobs.core.ranges import STYPE_IN, STYPE_OUT
 
     expected = {
         "dataset": (metadata.dataset, request.dataset),

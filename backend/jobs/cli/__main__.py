@@ -1,0 +1,5 @@
+"""`python -m backend.jobs.cli`."""
+
+from backend.jobs.cli.app import main
+
+main()
