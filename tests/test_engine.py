@@ -332,8 +332,8 @@ def test_merge_fixes_a_header_predicted_wrongly_from_symbology(
 ):
     """The header is written first from the preflight's symbology; if the chunks' metadata
     disagrees, the chunks win and the file still equals a single full-year request."""
-    from backend.jobs.plan import preflight
     from backend.jobs.core.dbn import HeaderFields
+    from backend.jobs.plan import preflight
 
     def wrong_header(answer, symbol, span):
         return HeaderFields({symbol: []}, partial=[], not_found=[])
