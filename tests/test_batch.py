@@ -292,8 +292,8 @@ def test_sigterm_while_waiting_for_the_job_exits_143_and_keeps_it(gateway, data_
 )
 def test_the_api_key_goes_only_to_databento_over_https(url, tmp_path):
     """A list_files answer pointing elsewhere never receives the key."""
-    from backend.jobs.cache.jobrecord import JobFile
     from backend.jobs.client.databento import DatabentoClient
+    from backend.jobs.client.jobfiles import JobFile
     from backend.jobs.errors import IngestError
     from backend.jobs.settings import Secret
 

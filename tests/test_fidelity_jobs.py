@@ -22,9 +22,11 @@ import databento
 import pytest
 import requests
 
-from backend.jobs.cache.jobrecord import JobFile, JobRecord, JobRequest, job_symbols
+from backend.jobs.cache.jobrecord import JobRecord
 from backend.jobs.client.databento import DatabentoClient
+from backend.jobs.client.jobfiles import JobFile
 from backend.jobs.core.ranges import TimeRange
+from backend.jobs.core.request import JobRequest, job_symbols
 from backend.jobs.engines.batch import find_submitted
 from backend.jobs.errors import IngestError
 from backend.jobs.settings import Secret

@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 
 from backend.jobs.cache.layout import ScratchFiles
 from backend.jobs.cli.app import app
-from backend.jobs.client.databento import RangeRequest
 from backend.jobs.core import ranges as plan
 from backend.jobs.core.dbn import NS_PER_DAY, TS_RECV_OFFSET, DayFrames, HashingWriter, PartFile
 from backend.jobs.core.ranges import TimeRange, parse_timestamp_ns
+from backend.jobs.core.request import RangeRequest
 from backend.jobs.engines.merge import MergedWriter, header_from_parts
 from backend.jobs.engines.parts import Part, check_part
 from backend.jobs.store.base import LocalStore

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.jobs.client.databento import RangeRequest
 from backend.jobs.core.dbn import scan
 from backend.jobs.core.ranges import TimeRange, parse_timestamp_ns
+from backend.jobs.core.request import RangeRequest
 from backend.jobs.engines.split import split_by_symbol
 from backend.jobs.errors import CorruptFileError
 from tests.helpers import add_tricky_symbols, decompressed, plain_get_range

@@ -370,8 +370,8 @@ def test_choose_engine_uses_batch_above_the_threshold_only_in_auto(engine, estim
 
 def test_job_request_recognises_its_own_job_among_others():
     """A lost submit's job is found by what it asks for, not by time alone."""
-    from backend.jobs.cache.jobrecord import JobRequest
     from backend.jobs.core.ranges import TimeRange
+    from backend.jobs.core.request import JobRequest
     from tests.helpers import YEAR_2023
 
     job = JobRequest("XNAS.ITCH", ("AAPL", "MSFT"), "trades", TimeRange(*YEAR_2023), "month")

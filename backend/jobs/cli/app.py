@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from loguru import logger
 
-from backend.jobs.client.retry import DEFAULT_TIMEOUT_S, MAX_RETRY_AFTER_S
+from backend.jobs.client.retry import MAX_RETRY_AFTER_S
 from backend.jobs.core.ranges import CHUNKINGS, counted, normalize_dataset, parse_products
-from backend.jobs.core.request import DEFAULT_GROUP_SIZE
+from backend.jobs.core.request import DEFAULT_GROUP_SIZE, DEFAULT_TIMEOUT_S
 from backend.jobs.core.units import (
     DEFAULT_BATCH_ABOVE,
     DEFAULT_BATCH_TIMEOUT,

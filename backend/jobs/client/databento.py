@@ -8,19 +8,12 @@ from __future__ import annotations
 import errno
 import re
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from backend.jobs.cache.jobrecord import JobFile, JobRequest
-from backend.jobs.client.retry import (
-    DEFAULT_TIMEOUT_S,
-    RATE_LIMITED_HOLD_S,
-    Pacer,
-    RetryPolicy,
-    retrying,
-)
+from backend.jobs.client.jobfiles import JobFile
+from backend.jobs.client.retry import RATE_LIMITED_HOLD_S, Pacer, RetryPolicy, retrying
 from backend.jobs.core.concurrency import run_concurrently
 from backend.jobs.core.ranges import (
     STYPE_IN,
@@ -29,6 +22,7 @@ from backend.jobs.core.ranges import (
     parse_timestamp_ns,
     symbology_end_date,
 )
+from backend.jobs.core.request import DEFAULT_TIMEOUT_S, JobRequest, RangeRequest
 from backend.jobs.errors import (
     DISK_FULL_ERRNOS,
     CancelledError,
@@ -52,27 +46,6 @@ JOB_GONE_STATUSES = frozenset({404, 410})  # a batch job expired or unknown to t
 DOWNLOAD_BLOCK = 1 << 16  # a cut answer loses at most the block in flight (urllib3 2)
 # Hosts a batch file may be fetched from with the API key, besides the gateway's own.
 DOWNLOAD_DOMAIN = "databento.com"
-
-
-@dataclass(frozen=True)
-class RangeRequest:
-    """One `timeseries.get_range` call, as sent and as recorded in the manifest."""
-
-    dataset: str
-    symbols: tuple[str, ...]
-    schema: str
-    span: TimeRange
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "symbols": list(self.symbols),
-            "schema": self.schema,
-            "stype_in": STYPE_IN,
-            "stype_out": STYPE_OUT,
-            "start": self.span.start,
-            "end": self.span.end,
-        }
 
 
 class DatabentoClient:

@@ -20,7 +20,6 @@ T = TypeVar("T")
 # The longest Retry-After this tool sleeps through; a server asking for more is told no.
 MAX_RETRY_AFTER_S = 60.0
 # Seconds without a byte before a request is given up (--timeout); the SDK's own is 100 s.
-DEFAULT_TIMEOUT_S = 30.0
 
 
 # Databento's documented request rates per second (historical API), kept below.

@@ -28,8 +28,8 @@ from backend.jobs.errors import CorruptFileError
 if TYPE_CHECKING:
     from databento_dbn import Metadata
 
-    from backend.jobs.client.databento import RangeRequest
     from backend.jobs.core.ranges import TimeRange
+    from backend.jobs.core.request import RangeRequest
 
 READ_SIZE = 1 << 15  # small reads keep decompressed pieces in cache and memory flat
 COPY_SIZE = 1 << 18  # copies of compressed frames: larger blocks, fewer system calls

@@ -1,12 +1,19 @@
-"""What one run is asked to do, and what it did for each symbol-year-product."""
+"""The requests: what one run is asked to do (and what it did for each symbol-year-product),
+one `get_range` call, and one batch job (a range request plus its split)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.jobs.client.retry import DEFAULT_TIMEOUT_S
-from backend.jobs.core.ranges import Chunking, Product
+from backend.jobs.core.ranges import (
+    STYPE_IN,
+    STYPE_OUT,
+    Chunking,
+    Product,
+    TimeRange,
+    parse_timestamp_ns,
+)
 from backend.jobs.core.units import (
     DEFAULT_BATCH_ABOVE,
     DEFAULT_BATCH_TIMEOUT,
@@ -19,6 +26,8 @@ from backend.jobs.logs import completion_line
 # Symbols per multi-symbol request. Each symbol of a group in flight keeps a zstd context
 # (~0.45 MB) while its records are split out, so 50 x 4 jobs stays near 100 MB.
 DEFAULT_GROUP_SIZE = 50
+# Seconds without a byte before a request is given up (and retried): --timeout's default.
+DEFAULT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -74,3 +83,113 @@ class ProductResult:
             mb_per_s=round(rate, 1),
             **self.extra,
         )
+
+
+@dataclass(frozen=True)
+class RangeRequest:
+    """One `timeseries.get_range` call, as sent and as recorded in the manifest."""
+
+    dataset: str
+    symbols: tuple[str, ...]
+    schema: str
+    span: TimeRange
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "symbols": list(self.symbols),
+            "schema": self.schema,
+            "stype_in": STYPE_IN,
+            "stype_out": STYPE_OUT,
+            "start": self.span.start,
+            "end": self.span.end,
+        }
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What one batch job asks for: the group's symbols over the exact streaming range."""
+
+    dataset: str
+    symbols: tuple[str, ...]
+    schema: str
+    span: TimeRange
+    split_duration: str
+
+    def submit_params(self) -> dict[str, Any]:
+        return {
+            **self.as_json(),
+            "encoding": "dbn",
+            "compression": "zstd",
+            "split_symbols": False,
+            "stype_in": STYPE_IN,
+            "stype_out": STYPE_OUT,
+            "delivery": "download",
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "symbols": list(self.symbols),
+            "schema": self.schema,
+            "start": self.span.start,
+            "end": self.span.end,
+            "split_duration": self.split_duration,
+        }
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> JobRequest:
+        return cls(
+            dataset=str(raw["dataset"]),
+            symbols=tuple(str(symbol) for symbol in raw["symbols"]),
+            schema=str(raw["schema"]),
+            span=TimeRange(parse_timestamp_ns(raw["start"]), parse_timestamp_ns(raw["end"])),
+            split_duration=str(raw["split_duration"]),
+        )
+
+    def answered_by(self, details: dict[str, Any]) -> bool:
+        """Whether a job the service describes is this request (a lost submit's answer)."""
+        try:
+            return (
+                details.get("dataset") == self.dataset
+                and details.get("schema") == self.schema
+                and job_symbols(details.get("symbols")) == _symbol_set(self.symbols)
+                and parse_timestamp_ns(str(details.get("start"))) == self.span.start_ns
+                and parse_timestamp_ns(str(details.get("end"))) == self.span.end_ns
+                and details.get("split_duration") == self.split_duration
+                and details.get("encoding") == "dbn"
+                and details.get("compression") == "zstd"
+                and not details.get("split_symbols")
+                and details.get("stype_in", STYPE_IN) == STYPE_IN
+                and details.get("stype_out", STYPE_OUT) == STYPE_OUT
+            )
+        except ValueError:
+            return False
+
+    def covers(self, symbol: str, dataset: str, schema: str, span: TimeRange) -> bool:
+        """Whether this job holds exactly what a symbol-year-product needs."""
+        return (
+            symbol in self.symbols
+            and self.dataset == dataset
+            and self.schema == schema
+            and self.span == span
+        )
+
+
+def job_symbols(raw: Any) -> frozenset[str] | None:
+    """The symbols of a job object, as a set; None when they are neither a string nor a list.
+
+    Databento documents them as one comma-joined string (`"ZC.FUT,ES.FUT"` in the example of
+    `batch.get_job_details`); its C++ and Rust clients also accept an array (the C++ one notes a
+    single symbol may come as a plain string). Order and repeats carry no meaning, and the SDK
+    upper-cases symbols before sending them, so both sides are compared in that form.
+    """
+    if isinstance(raw, str):
+        return _symbol_set(raw.split(","))
+    if isinstance(raw, list | tuple) and all(isinstance(item, str) for item in raw):
+        return _symbol_set(raw)
+    return None
+
+
+def _symbol_set(symbols: Any) -> frozenset[str]:
+    return frozenset(name.strip().upper() for name in symbols if name.strip())

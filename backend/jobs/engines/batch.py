@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
-from backend.jobs.cache.jobrecord import JobFile, JobRecord, JobRequest, read_record, write_record
+from backend.jobs.cache.jobrecord import JobRecord, read_record, write_record
 from backend.jobs.cache.layout import (
     LOCKS_SUBDIR,
     RAW_SUBDIR,
@@ -49,7 +49,7 @@ from backend.jobs.cache.layout import (
 )
 from backend.jobs.cache.manifest import BatchRecord, JobFileRecord, Manifest
 from backend.jobs.cli.progress import Progress
-from backend.jobs.client.databento import RangeRequest
+from backend.jobs.client.jobfiles import JobFile
 from backend.jobs.client.retry import RetryPolicy, retrying
 from backend.jobs.core.concurrency import run_concurrently
 from backend.jobs.core.dbn import (
@@ -63,7 +63,7 @@ from backend.jobs.core.dbn import (
     sha256_file,
 )
 from backend.jobs.core.ranges import STYPE_IN, STYPE_OUT, TimeRange, format_ns, split_range
-from backend.jobs.core.request import IngestRequest, ProductResult
+from backend.jobs.core.request import IngestRequest, JobRequest, ProductResult, RangeRequest
 from backend.jobs.core.units import split_duration
 from backend.jobs.engines.merge import MergedWriter
 from backend.jobs.engines.parts import GrowingFile, Part, empty_part, stream_and_check

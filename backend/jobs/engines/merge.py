@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, BinaryIO
 from loguru import logger
 
 from backend.jobs.cache.layout import ScratchFiles
-from backend.jobs.client.databento import RangeRequest
 from backend.jobs.core.dbn import (
     NS_PER_DAY,
     HashingWriter,
@@ -20,6 +19,7 @@ from backend.jobs.core.dbn import (
     write_day_frames,
 )
 from backend.jobs.core.ranges import TimeRange
+from backend.jobs.core.request import RangeRequest
 from backend.jobs.engines.parts import Part
 
 if TYPE_CHECKING:

@@ -13,7 +13,6 @@ from typing import BinaryIO, Protocol, TypeVar
 from loguru import logger
 
 from backend.jobs.cache.layout import ScratchFiles, publish
-from backend.jobs.client.databento import RangeRequest
 from backend.jobs.client.retry import RetryPolicy, retrying
 from backend.jobs.core.dbn import (
     HeaderFields,
@@ -24,6 +23,7 @@ from backend.jobs.core.dbn import (
     scan,
 )
 from backend.jobs.core.ranges import TimeRange, format_ns, has_weekday
+from backend.jobs.core.request import RangeRequest
 from backend.jobs.errors import CancelledError, CorruptFileError, NoDataError, TransientError
 
 T = TypeVar("T")

@@ -39,7 +39,7 @@ from backend.jobs.errors import CorruptFileError
 if TYPE_CHECKING:
     from databento_dbn import Metadata
 
-    from backend.jobs.client.databento import RangeRequest
+    from backend.jobs.core.request import RangeRequest
 
 INSTRUMENT_ID_OFFSET = 4  # RecordHeader: length u8, rtype u8, publisher_id u16, instrument_id u32
 DAY_BITS = 20  # days since 1970 fit in 20 bits until the year 4840
@@ -137,7 +137,7 @@ class SymbolPart:
 
 def symbol_header(request: RangeRequest, metadata: Metadata, symbol: str) -> bytes:
     """The header a request for `symbol` alone, over the same range, would start with."""
-    from backend.jobs.client.databento import RangeRequest
+    from backend.jobs.core.request import RangeRequest
 
     intervals = [
         (item["start_date"], item["end_date"], item["symbol"])

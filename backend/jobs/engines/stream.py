@@ -12,10 +12,10 @@ from backend.jobs.cache.decision import CacheKey
 from backend.jobs.cache.layout import ScratchFiles, YearFolder
 from backend.jobs.cache.manifest import BatchRecord, Manifest, product_entry
 from backend.jobs.cli.progress import Progress
-from backend.jobs.client.databento import DatabentoClient, RangeRequest
+from backend.jobs.client.databento import DatabentoClient
 from backend.jobs.client.retry import RetryPolicy
 from backend.jobs.core.ranges import TimeRange
-from backend.jobs.core.request import IngestRequest, ProductResult
+from backend.jobs.core.request import IngestRequest, ProductResult, RangeRequest
 from backend.jobs.engines.merge import MergedWriter
 from backend.jobs.engines.parts import Part, fetch_chunk, fetch_group_chunk
 from backend.jobs.errors import DISK_FULL_ERRNOS, DiskFullError, IngestError

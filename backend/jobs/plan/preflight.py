@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
-from backend.jobs.client.databento import RangeRequest
 from backend.jobs.core.concurrency import run_concurrently
 from backend.jobs.core.dbn import HeaderFields, coalesce
 from backend.jobs.core.ranges import (
@@ -25,6 +24,7 @@ from backend.jobs.core.ranges import (
     split_range,
     symbology_end_date,
 )
+from backend.jobs.core.request import RangeRequest
 from backend.jobs.core.units import Engine, choose_engine, split_duration
 from backend.jobs.errors import EXIT_INVALID_INPUT, BudgetExceededError, InvalidInputError
 from backend.jobs.logs import key_value_line
