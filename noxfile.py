@@ -16,6 +16,8 @@ def lint(session: nox.Session) -> None:
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")  # the layers of pyproject's [tool.importlinter]
+    session.run("vulture")  # dead code, configured in pyproject's [tool.vulture]
 
 
 @nox.session

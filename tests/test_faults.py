@@ -214,25 +214,26 @@ def test_usage_errors_under_log_json_are_one_json_line(data_dir):
 
 def test_locks_are_taken_in_one_order_whatever_the_products_order(data_dir):
     """Waiting for TBBO, a run asked for trades,tbbo holds nothing: no lock-order deadlock."""
-    from backend.jobs.cache.layout import YearFolder
+    from backend.jobs.cache.layout import SymbolYear
     from backend.jobs.cache.locks import locked
     from backend.jobs.core.ranges import PRODUCTS
+    from backend.jobs.store.local import LocalStore
 
-    folder = YearFolder(data_dir, "AAPL", 2023)
-    folder.make_locks()
-    tbbo = FileLock(folder.lock("TBBO"))
+    store, folder = LocalStore(data_dir), SymbolYear("AAPL", 2023)
+    (data_dir / folder.lock_key("TBBO")).parent.mkdir(parents=True)
+    tbbo = FileLock(data_dir / folder.lock_key("TBBO"))
     tbbo.acquire()
     done = threading.Event()
 
     def run() -> None:
-        with locked([(folder, PRODUCTS["TRADES"]), (folder, PRODUCTS["TBBO"])], timeout_s=10):
+        with locked(store, [(folder, PRODUCTS["TRADES"]), (folder, PRODUCTS["TBBO"])], 10):
             done.set()
 
     waiter = threading.Thread(target=run)
     waiter.start()
     try:
         time.sleep(0.3)
-        trades = FileLock(folder.lock("TRADES"))
+        trades = FileLock(data_dir / folder.lock_key("TRADES"))
         trades.acquire(timeout=0)  # free: the waiter did not take TRADES before TBBO
         trades.release()
     finally:

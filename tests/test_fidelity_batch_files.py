@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from backend.jobs.core.ranges import TimeRange
-from backend.jobs.engines.batch import FileContent, coverage_problem
+from backend.jobs.engines.batchfiles import coverage_problem
+from backend.jobs.engines.batchjob import FileContent
 from backend.sandbox import Fault
 from backend.sandbox.batchfiles import BatchFile, JobFiles
 from tests.helpers import YEAR_2023, completions, decompressed, plain_get_range, year_folder

@@ -15,11 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from backend.jobs.cli.app import app
+from backend.jobs.core.locations import bucket_problem, redact_url, split_url
 from backend.jobs.core.ranges import counted
 from backend.jobs.core.units import choose_engine, human_bytes, parse_duration
 from backend.jobs.core.universe import MAX_SYMBOLS, MAX_SYMBOLS_FILE_BYTES, read_symbols_file
 from backend.jobs.errors import InvalidInputError
-from backend.jobs.store.s3 import bucket_problem, redact_url, split_url
 from tests import test_s3
 from tests.test_s3 import BUCKET
 

@@ -27,7 +27,7 @@ from backend.jobs.client.databento import DatabentoClient
 from backend.jobs.client.jobfiles import JobFile
 from backend.jobs.core.ranges import TimeRange
 from backend.jobs.core.request import JobRequest, job_symbols
-from backend.jobs.engines.batch import find_submitted
+from backend.jobs.engines.batchjob import find_submitted
 from backend.jobs.errors import IngestError
 from backend.jobs.settings import Secret
 from backend.sandbox import Fault, SandboxGateway

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.jobs.store.s3 import Holder, Lease, takeover
+from backend.jobs.store.leases import Holder, Lease, takeover
 from backend.sandbox.s3server import LocalS3Server
 from tests.helpers import completions
 

@@ -19,15 +19,15 @@ import pytest
 import zstandard
 from typer.testing import CliRunner
 
-from backend.jobs.cache.layout import ScratchFiles
 from backend.jobs.cli.app import app
 from backend.jobs.core import ranges as plan
 from backend.jobs.core.dbn import NS_PER_DAY, TS_RECV_OFFSET, DayFrames, HashingWriter, PartFile
+from backend.jobs.core.files import ScratchFiles
 from backend.jobs.core.ranges import TimeRange, parse_timestamp_ns
 from backend.jobs.core.request import RangeRequest
 from backend.jobs.engines.merge import MergedWriter, header_from_parts
 from backend.jobs.engines.parts import Part, check_part
-from backend.jobs.store.base import LocalStore
+from backend.jobs.store.local import LocalStore
 from backend.sandbox import Fault
 from tests.helpers import decompressed, plain_get_range, year_folder
 

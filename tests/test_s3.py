@@ -64,6 +64,14 @@ def keys(s3: LocalS3Server) -> list[str]:
     return sorted(item["Key"] for item in listed.get("Contents", []))
 
 
+def bucket_store():
+    """The test bucket's store, opened as a run opens it."""
+    from backend.jobs.core.locations import StoreLocation
+    from backend.jobs.store import open_store
+
+    return open_store(StoreLocation(URL, allow_http=True))
+
+
 def lease_key() -> str:
     return f"{PREFIX}/raw/databento/.locks/AAPL/2023/TRADES.lock"
 
@@ -160,9 +168,8 @@ def test_status_of_a_missing_bucket_exits_2(s3, cli):
 def test_server_honours_the_conditional_writes_the_cache_relies_on(s3):
     """If this fails, the local S3 server no longer tests leases and manifest merges."""
     from backend.jobs.store.base import ConflictError
-    from backend.jobs.store.s3 import S3Store
 
-    store = S3Store(URL, allow_http=True, profile=False, lease_ttl_s=60)
+    store = bucket_store()
     first = store.write("k", b"1", expected=None)
     with pytest.raises(ConflictError):
         store.write("k", b"2", expected=None)
@@ -175,9 +182,8 @@ def test_server_honours_the_conditional_writes_the_cache_relies_on(s3):
 def test_manifest_entries_of_concurrent_writers_are_all_kept(s3):
     """Eight writers record eight products at once: If-Match conflicts are merged, none lost."""
     from backend.jobs.cache.manifest import Manifest, ManifestEntry
-    from backend.jobs.store.s3 import S3Store
 
-    store = S3Store(URL, allow_http=True, profile=False, lease_ttl_s=60)
+    store = bucket_store()
     entry = {
         "file": "X.dbn.zst",
         "bytes": 1,
@@ -230,12 +236,30 @@ def test_a_live_lease_of_another_machine_is_waited_for_then_refused(gateway, s3,
     assert gateway.count(GET_RANGE) == 0
 
 
-def test_a_stale_multipart_upload_is_aborted(gateway, s3, cli, tmp_path):
-    """An upload a killed run left unfinished does not outlive the next run."""
+def test_a_stale_multipart_upload_does_not_hold_up_the_next_run(gateway, s3, cli, tmp_path):
+    """An upload a killed run left unfinished is invisible: the next run publishes the object
+    whole (the leftover is the bucket lifecycle rule's to remove, docs/s3.md)."""
     s3.client().create_multipart_upload(Bucket=BUCKET, Key=TRADES_KEY)
     result = run_s3(cli, tmp_path / "work")
     assert result.exit_code == 0, result.output
+    manifest = json.loads(object_bytes(s3, MANIFEST_KEY))
+    assert manifest["products"]["TRADES"]["bytes"] == len(object_bytes(s3, TRADES_KEY))
+
+
+def test_an_upload_refused_midway_is_aborted_and_publishes_nothing(s3, tmp_path):
+    """A part refused by the bucket ends the upload: aborted (no hidden parts left), no object,
+    one line naming the data dir and the cause."""
+    from backend.jobs.errors import IngestError
+    from backend.jobs.store.s3 import PART_SIZE
+
+    temp = tmp_path / "big.dbn.zst"
+    temp.write_bytes(os.urandom(2 * PART_SIZE + 1000))
+    s3.refuse = lambda request: request.method == "PUT" and "partNumber=2" in request.query
+    with pytest.raises(IngestError, match=rf"^cannot upload big\.dbn\.zst in {URL} \(.+\): check"):
+        bucket_store().publish(temp, "big.dbn.zst")
     assert s3.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert f"{PREFIX}/big.dbn.zst" not in keys(s3)
+    assert [r.method for r in s3.recorded() if "uploadId=" in r.query][-1] == "DELETE"
 
 
 @pytest.fixture

@@ -9,9 +9,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID_INPUT = 2
 EXIT_CREDENTIALS = 3
-EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
-EXIT_HANGUP = 129  # SIGHUP: the terminal went away
-EXIT_TERMINATED = 143  # SIGTERM: docker stop, systemd, Kubernetes, timeout
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT); SIGTERM and SIGHUP exit 128 + the signal number
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # A run that ended several ways exits with the first of these it has, for automation:
 # credentials (nothing works until they are fixed), then a failure (run the same command again;
@@ -63,7 +61,7 @@ class NoDataError(InvalidInputError):
     """The service says there is nothing to resolve in a range (a 422 for a chunk with no data)."""
 
 
-class CancelledError(IngestError):
+class RunStoppedError(IngestError):
     """Work stopped because the run is ending (a signal, or another chunk failed)."""
 
 

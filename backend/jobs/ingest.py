@@ -1,16 +1,17 @@
-"""The use case: decide from the cache, answer what is cached, then preflight and fetch the rest.
+"""The use case: decide from the cache, lock, plan what is left, run the engines.
 
-1. One pure decision per product from what the cache's store holds (sizes and the manifest,
-   never a file's body): skip, verify, adopt or fetch (`decision.decide`). A plain skip needs no
-   lock; the others are decided again under the products' locks (dry runs only read). No
+1. Decide, pure, per product from what the cache's store holds (sizes and the manifest, never
+   a file's body): skip, verify, adopt or fetch (`cache.decision.decide`). A plain skip needs
+   no lock; the others are decided again under the products' locks (dry runs only read). No
    Databento, no key, no budget yet.
 2. Verify and adopt are answered without Databento; a file that fails them is fetched. A file
-   adopted only if its header is the request's (`decision.adoption`); one whose range only the
-   dataset can confirm waits for the free metadata of step 3.
+   is adopted only if its header is the request's (`cache.decision.adoption`); one whose range
+   only the dataset can confirm waits for the free metadata of step 3.
 3. Only if something must be fetched, every local precondition first: the work dir usable
    (named by its flag), working folders real and writable, final paths writable (a bucket: a
    write probe); then key, budget setting, the range of files waiting for it, preflight
-   (metadata calls), budget check, batch folders, room in the work dir; only then anything billed.
+   (metadata calls), budget check, batch folders, room in the work dir; only then the engines,
+   and anything billed.
 """
 
 from __future__ import annotations
@@ -26,37 +27,34 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from backend.jobs.cache.decision import Action, CacheKey, FileHeader, Fit, OnDisk, adoption, decide
-from backend.jobs.cache.layout import (
-    LOCKS_SUBDIR,
-    PARTS_SUBDIR,
-    RAW_SUBDIR,
-    YearFolder,
+from backend.jobs.cache.entry import ManifestContent, ManifestEntry
+from backend.jobs.cache.inventory import file_header
+from backend.jobs.cache.layout import LOCKS_SUBDIR, PARTS_SUBDIR, RAW_SUBDIR, YearFolder
+from backend.jobs.cache.locks import locked
+from backend.jobs.cache.manifest import Manifest, product_entry
+from backend.jobs.client.databento import DatabentoClient
+from backend.jobs.client.retry import RetryPolicy
+from backend.jobs.core.files import (
     check_existing_working_dir,
     has_stale_temps,
     remove_stale_temps,
-    writable_folder,
 )
-from backend.jobs.cache.locks import locked
-from backend.jobs.cache.manifest import Manifest, ManifestContent, ManifestEntry, product_entry
-from backend.jobs.client.databento import DatabentoClient
-from backend.jobs.client.retry import RetryPolicy
+from backend.jobs.core.progress import NullProgress, Progress
 from backend.jobs.core.ranges import Product, TimeRange
 from backend.jobs.core.request import IngestRequest, ProductResult
-from backend.jobs.errors import (
-    CorruptFileError,
-    IngestError,
-    InvalidInputError,
-    combined_exit_code,
-)
+from backend.jobs.errors import CorruptFileError, IngestError, InvalidInputError, combined_exit_code
 from backend.jobs.settings import Settings
+from backend.jobs.store import open_store
 from backend.jobs.store.base import Store, sha256_of
 
 if TYPE_CHECKING:
-    from backend.jobs.cli.progress import Progress
     from backend.jobs.core.dbn import StreamSummary
+    from backend.jobs.engines.runtime import Runtime
     from backend.jobs.plan.preflight import Failure, UniversePlan
 
 ClientFactory = Callable[..., Any]  # (key, gateway, *, timeout_s, policy, stop) -> client
+Wanted = tuple[YearFolder, Product]  # one symbol-year-product of the request
+Answer = Callable[[YearFolder, Product], ProductResult | None]  # None: not answered here
 
 
 @dataclass
@@ -112,7 +110,7 @@ def run_ingest(
     client_factory: ClientFactory = DatabentoClient,
     progress: Progress | None = None,
 ) -> IngestReport:
-    """Answer what is cached from local files; preflight, budget-check and fetch the rest.
+    """Answer what is cached from the cache's store; preflight, budget-check and fetch the rest.
 
     Symbol-years that cannot be fetched (unknown symbol, no data that year) are reported in
     the report's failures; the others complete. A failure while downloading (after its
@@ -122,104 +120,79 @@ def run_ingest(
     """
     from backend.jobs.plan.preflight import UniversePlan
 
-    store, work_root = settings.location()
+    work_root = settings.work_root()
+    store = open_store(settings.store_location())
     folders = [
-        YearFolder(work_root, symbol, year, request.dataset, store)
+        YearFolder(symbol, year, request.dataset, store=store, work_root=work_root)
         for year in request.years
         for symbol in request.symbols
     ]
     wanted = [(folder, product) for folder in folders for product in request.products]
-    started = time.monotonic()
-    results: dict[tuple[str, int, str], ProductResult] = {}
-    plan = UniversePlan([], [])
-    error: IngestError | None = None
+    answers = Answers(time.monotonic())
+    plan, error = UniversePlan([], []), None
     stop = threading.Event()  # set when the run ends early: nothing new starts, waits end
-    policy = RetryPolicy(retries=request.retries)
     with contextlib.ExitStack() as stack:
         stack.callback(stop.set)
-        undecided = settle(wanted, results, AnsweredWithoutLock(), request, started)
+        undecided = answers.take(wanted, SkipWithoutLock(request, answers.started))
         if undecided and not request.dry_run:
-            stack.enter_context(locked(undecided, request.lock_timeout_s))
-        # again, under the lock: another run may have finished some meanwhile
-        from_cache = SettleFromCache()
-        pending = settle(undecided, results, from_cache, request, started)
+            stack.enter_context(locked(store, undecided, request.lock_timeout_s))
+        # again, under the locks: another run may have finished some meanwhile
+        cache = DecideFromCache(request, answers.started)
+        pending = answers.take(undecided, cache)
         if pending:
-            # Every local precondition before anything is asked of anyone.
-            engine = request.engine or settings.engine()
-            if not request.dry_run:
-                check_work_dir(settings, work_root)
-            check_destinations(store, pending, work_root=work_root, batch=engine == "batch")
-            # Only now the download machinery: a cached re-run must stay cheap to start.
-            from backend.jobs.plan.preflight import check_budget, plan_universe
-
-            gateway, budget = settings.gateway_url(), settings.budget()  # input errors first
-            key = settings.require_key()
-            client = client_factory(
-                key, gateway, timeout_s=request.timeout_s, policy=policy, stop=stop
+            plan, error = fetch_pending(
+                pending,
+                cache,
+                answers,
+                request=request,
+                settings=settings,
+                store=store,
+                work_root=work_root,
+                client_factory=client_factory,
+                progress=progress or NullProgress(),
+                stop=stop,
             )
-            if from_cache.candidates:
-                pending = from_cache.confirm(client, request, pending, results, started)
-            if pending:
-                plan = plan_universe(
-                    client,
-                    dataset=request.dataset,
-                    pending=pending,
-                    chunking=request.chunking,
-                    group_size=request.group_size,
-                    engine=engine,
-                    batch_above=request.batch_above,
-                    dry_run=request.dry_run,
-                    force=request.force,
-                )
-            if not request.dry_run:
-                check_budget(plan, budget)
-                check_batch_folders(work_root, plan)
-                if settings.data_url is not None:
-                    check_room(work_root, plan.estimated_bytes)
-                try:
-                    for result in fetch(
-                        request,
-                        client,
-                        plan=plan,
-                        progress=progress,
-                        policy=policy,
-                        stop=stop,
-                        work_root=work_root,
-                    ):
-                        results[(result.symbol, result.year, result.product.name)] = result
-                        result.log()
-                except IngestError as exc:  # reported with what it left; the caller exits
-                    error = exc
     if not request.dry_run and not request.is_universe and error is None:
         logger.info("cache folder: {}", store.where(folders[0].key("")).rstrip("/"))
-    keys = [(folder.symbol, folder.year, product.name) for folder, product in wanted]
-    ordered = [results[key] for key in keys if key in results]
-    unfetched = left_by(error, plan, set(results)) if error else []
+    ordered = answers.ordered(wanted)
+    unfetched = left_by(error, plan, set(answers.results)) if error else []
     return IngestReport(ordered, plan, error, unfetched)
 
 
-def settle(
-    wanted: list[tuple[YearFolder, Product]],
-    results: dict[tuple[str, int, str], ProductResult],
-    answer: Callable[..., ProductResult | None],
-    request: IngestRequest,
-    started: float,
-) -> list[tuple[YearFolder, Product]]:
-    """Log and keep what the cache answers; return the rest."""
-    rest = []
-    for folder, product in wanted:
-        cached = answer(folder, product, request, started)
-        if cached:
-            results[(folder.symbol, folder.year, product.name)] = cached
-            cached.log()
-        else:
-            rest.append((folder, product))
-    return rest
+class Answers:
+    """The products answered so far (cached or downloaded), each logged once as it comes."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started  # the run's start: what each result's elapsed time counts from
+        self.results: dict[tuple[str, int, str], ProductResult] = {}
+
+    def add(self, result: ProductResult) -> None:
+        self.results[(result.symbol, result.year, result.product.name)] = result
+        result.log()
+
+    def take(self, wanted: list[Wanted], answer: Answer) -> list[Wanted]:
+        """Keep what `answer` answers; return the rest."""
+        rest = []
+        for folder, product in wanted:
+            result = answer(folder, product)
+            if result is None:
+                rest.append((folder, product))
+            else:
+                self.add(result)
+        return rest
+
+    def ordered(self, wanted: list[Wanted]) -> list[ProductResult]:
+        """The results in the request's order."""
+        keys = [(folder.symbol, folder.year, product.name) for folder, product in wanted]
+        return [self.results[key] for key in keys if key in self.results]
 
 
-def look(folder: YearFolder, content: ManifestContent, product: Product) -> OnDisk:
+# 1. Decide from the cache
+
+
+def on_disk_state(folder: YearFolder, content: ManifestContent, product: Product) -> OnDisk:
     """The facts the decision needs: the final object's size (never its body) and its entry."""
-    info = folder.storage.head(folder.final_key(product.name))
+    info = folder.store.head(folder.final_key(product.name))
     return OnDisk(
         size=info.size if info is not None and info.is_file else None,
         not_a_file=info is not None and not info.is_file,
@@ -228,46 +201,47 @@ def look(folder: YearFolder, content: ManifestContent, product: Product) -> OnDi
     )
 
 
-class AnsweredWithoutLock:
-    """A product the cache answers with nothing to write (no adoption, repair or leftovers to
-    clean) needs no lock: the common cached re-run takes none, and pays no lease. Each
-    folder's manifest is read once for all its products."""
-
-    def __init__(self) -> None:
-        self._manifests: dict[YearFolder, ManifestContent] = {}
-
-    def __call__(
-        self, folder: YearFolder, product: Product, request: IngestRequest, started: float
-    ) -> ProductResult | None:
-        if request.force or request.verify:
-            return None
-        if folder.parts(product.name).exists() or has_stale_temps(folder.path, product.name):
-            return None
-        if folder not in self._manifests:
-            self._manifests[folder] = Manifest.of(folder).load()
-        return skipped(folder, product, self._manifests[folder], request, started)
+def cache_key(request: IngestRequest, folder: YearFolder, product: Product) -> CacheKey:
+    return CacheKey(request.dataset, product.schema, folder.symbol, folder.year)
 
 
-def skipped(
-    folder: YearFolder,
-    product: Product,
-    content: ManifestContent,
-    request: IngestRequest,
-    started: float,
-) -> ProductResult | None:
-    """The product as skipped, when its file and entry answer the request as they are."""
-    key = CacheKey(request.dataset, product.schema, folder.symbol, folder.year)
-    decision = decide(look(folder, content, product), key, force=False, verify=False)
-    if decision.action is not Action.SKIP or decision.why:
-        return None
-    entry = content.entries[product.name]
+def skipped_result(
+    folder: YearFolder, product: Product, entry: ManifestEntry, started: float
+) -> ProductResult:
+    """A product the cache answers: what its manifest entry says the file holds."""
     elapsed = time.monotonic() - started
     return ProductResult(
         folder.symbol, folder.year, product, "skipped", entry.bytes, entry.records, elapsed
     )
 
 
-class SettleFromCache:
+class SkipWithoutLock:
+    """A product the cache answers with nothing to write (no adoption, repair or leftovers to
+    clean) needs no lock: the common cached re-run takes none, and pays no lease. Each
+    folder's manifest is read once for all its products."""
+
+    def __init__(self, request: IngestRequest, started: float) -> None:
+        self.request = request
+        self.started = started
+        self._manifests: dict[YearFolder, ManifestContent] = {}
+
+    def __call__(self, folder: YearFolder, product: Product) -> ProductResult | None:
+        if self.request.force or self.request.verify:
+            return None
+        if folder.parts(product.name).exists() or has_stale_temps(folder.path, product.name):
+            return None
+        if folder not in self._manifests:
+            self._manifests[folder] = Manifest.of(folder.store, folder).load()
+        content = self._manifests[folder]
+        on_disk = on_disk_state(folder, content, product)
+        key = cache_key(self.request, folder, product)
+        decision = decide(on_disk, key, force=False, verify=False)
+        if decision.action is not Action.SKIP or decision.why:
+            return None
+        return skipped_result(folder, product, content.entries[product.name], self.started)
+
+
+class DecideFromCache:
     """Under the locks: a skipped result when the cache answers a product, else None (fetch it).
 
     A file with no usable entry whose range only the dataset can confirm is kept as a
@@ -275,47 +249,40 @@ class SettleFromCache:
     has told that range.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, request: IngestRequest, started: float) -> None:
+        self.request = request
+        self.started = started
         self.candidates: dict[tuple[YearFolder, str], StreamSummary] = {}
 
-    def __call__(
-        self, folder: YearFolder, product: Product, request: IngestRequest, started: float
-    ) -> ProductResult | None:
-        manifest = Manifest.of(folder)
+    def __call__(self, folder: YearFolder, product: Product) -> ProductResult | None:
+        request = self.request
         if not request.dry_run:
             remove_stale_temps(folder.path, folder.final(product.name).name)
-        key = CacheKey(request.dataset, product.schema, folder.symbol, folder.year)
-        content = manifest.load()
-        decision = decide(
-            look(folder, content, product), key, force=request.force, verify=request.verify
-        )
-        final = folder.storage.where(folder.final_key(product.name))
+        content = Manifest.of(folder.store, folder).load()
+        key = cache_key(request, folder, product)
+        on_disk = on_disk_state(folder, content, product)
+        decision = decide(on_disk, key, force=request.force, verify=request.verify)
+        final = folder.store.where(folder.final_key(product.name))
         if decision.why:
             logger.warning("{} {}", final, decision.why)
         if decision.action is Action.FETCH:
             return None
         if decision.action is Action.ADOPT:
-            return self.adopted(folder, product, key, request, started)
+            return self.adopted(folder, product, key)
         entry = content.entries[product.name]
-        key_name = folder.final_key(product.name)
-        if decision.action is Action.VERIFY and sha256_of(folder.storage, key_name) != entry.sha256:
+        if decision.action is Action.VERIFY and not self.verified(folder, product, entry):
             logger.warning("{} fails its sha256 check against the manifest; re-downloading", final)
             return None
         if not request.dry_run:
             folder.drop_parts(product.name)
-        elapsed = time.monotonic() - started
-        return ProductResult(
-            folder.symbol, folder.year, product, "skipped", entry.bytes, entry.records, elapsed
-        )
+        return skipped_result(folder, product, entry, self.started)
 
-    def adopted(
-        self,
-        folder: YearFolder,
-        product: Product,
-        key: CacheKey,
-        request: IngestRequest,
-        started: float,
-    ) -> ProductResult | None:
+    @staticmethod
+    def verified(folder: YearFolder, product: Product, entry: ManifestEntry) -> bool:
+        """--verify: the file hashes to its entry (streamed through the hash)."""
+        return sha256_of(folder.store, folder.final_key(product.name)) == entry.sha256
+
+    def adopted(self, folder: YearFolder, product: Product, key: CacheKey) -> ProductResult | None:
         """A file with no usable entry: its header judged first, then the file decoded whole;
         adopted if it is the request's, kept as a candidate if only the dataset's range can
         tell, else None (fetch it)."""
@@ -332,20 +299,15 @@ class SettleFromCache:
         if verdict.fit is Fit.ASK:
             self.candidates[(folder, product.name)] = summary
             return None
-        return adopt(folder, product, key, summary, request, started)
+        return adopt(
+            folder, product, key, summary, dry_run=self.request.dry_run, started=self.started
+        )
 
-    def confirm(
-        self,
-        client: Any,
-        request: IngestRequest,
-        pending: list[tuple[YearFolder, Product]],
-        results: dict[tuple[str, int, str], ProductResult],
-        started: float,
-    ) -> list[tuple[YearFolder, Product]]:
+    def confirm(self, client: Any, pending: list[Wanted], answers: Answers) -> list[Wanted]:
         """Adopt each candidate whose range is exactly what a fetch would ask for (free metadata
         calls only); return the rest of `pending`, to fetch (a refused file with one warning)."""
         waiting = [(f, p) for f, p in pending if (f, p.name) in self.candidates]
-        expected = expected_spans(client, request.dataset, waiting)
+        expected = expected_spans(client, self.request.dataset, waiting)
         rest = []
         for folder, product in pending:
             summary = self.candidates.get((folder, product.name))
@@ -353,21 +315,28 @@ class SettleFromCache:
             if summary is None or span is None:  # no range for it: the preflight says why
                 rest.append((folder, product))
                 continue
-            key = CacheKey(request.dataset, product.schema, folder.symbol, folder.year)
+            key = cache_key(self.request, folder, product)
             header = FileHeader.of(summary.metadata)
             verdict = adoption(key, header, now_ns=time.time_ns(), expected=span)
             if verdict.fit is not Fit.ADOPT:
                 refused(folder, product, verdict.why)
                 rest.append((folder, product))
                 continue
-            result = adopt(folder, product, key, summary, request, started)
-            results[(folder.symbol, folder.year, product.name)] = result
-            result.log()
+            answers.add(
+                adopt(
+                    folder,
+                    product,
+                    key,
+                    summary,
+                    dry_run=self.request.dry_run,
+                    started=self.started,
+                )
+            )
         return rest
 
 
 def expected_spans(
-    client: Any, dataset: str, products: list[tuple[YearFolder, Product]]
+    client: Any, dataset: str, products: list[Wanted]
 ) -> dict[tuple[YearFolder, str], TimeRange]:
     """The range a fetch of each product asks for, as the preflight clamps it: the year cut to
     the dataset, then to where the symbol is listed (metadata and symbology calls, free)."""
@@ -401,102 +370,118 @@ def expected_spans(
 
 def read_header(folder: YearFolder, product: Product) -> FileHeader | None:
     """A file's own DBN header, its first frame only (None: unusable, said once)."""
-    from backend.jobs.core.dbn import read_metadata
-
-    store, name = folder.storage, folder.final_key(product.name)
-    try:
-        with store.reader(name) as source:
-            return FileHeader.of(read_metadata(source))
-    except CorruptFileError as exc:
-        logger.warning("{} is unusable ({}); re-downloading", store.where(name), exc)
-        return None
+    key = folder.final_key(product.name)
+    header, problem = file_header(folder.store, key)
+    if header is None:
+        logger.warning("{} is unusable ({}); re-downloading", folder.store.where(key), problem)
+    return header
 
 
 def scanned(folder: YearFolder, product: Product) -> StreamSummary | None:
     """A file with no usable entry decoded whole, offline (None: unusable, said once)."""
     from backend.jobs.core.dbn import scan
 
-    store, name = folder.storage, folder.final_key(product.name)
+    store, key = folder.store, folder.final_key(product.name)
     try:
-        with store.reader(name) as source:
+        with store.reader(key) as source:
             return scan(source, product.record_size)
     except CorruptFileError as exc:
-        logger.warning("{} is unusable ({}); re-downloading", store.where(name), exc)
+        logger.warning("{} is unusable ({}); re-downloading", store.where(key), exc)
         return None
 
 
 def refused(folder: YearFolder, product: Product, why: str) -> None:
     """The one line saying why a file found where a product belongs is fetched again."""
-    final = folder.storage.where(folder.final_key(product.name))
+    final = folder.store.where(folder.final_key(product.name))
     logger.warning(
         "{} {} {}: the file at {} {}; fetching it again",
         *(folder.symbol, folder.year, product.name, final, why),
     )
 
 
-def adopt(  # noqa: PLR0917  one adopted product, as the callers hold it
+def adopt(
     folder: YearFolder,
     product: Product,
     key: CacheKey,
     summary: StreamSummary,
-    request: IngestRequest,
+    *,
+    dry_run: bool,
     started: float,
 ) -> ProductResult:
     """Record a file whose header is the request's (a dry run only counts it), as skipped."""
-    entry = adopted_entry(folder, product, key, summary)
-    if not request.dry_run:
-        Manifest.of(folder).record(product.name, entry)
-        final = folder.storage.where(folder.final_key(product.name))
+    metadata = summary.metadata
+    recorded = key.recorded(TimeRange(metadata.start, metadata.end), "adopted")
+    entry = product_entry(
+        folder.final(product.name).name, request=recorded, content=summary, engine="adopted"
+    )
+    if not dry_run:
+        Manifest.of(folder.store, folder).record(product.name, entry)
+        final = folder.store.where(folder.final_key(product.name))
         logger.info("adopted {} into the manifest ({} records)", final, entry.records)
         folder.drop_parts(product.name)
-    elapsed = time.monotonic() - started
-    return ProductResult(
-        folder.symbol, folder.year, product, "skipped", entry.bytes, entry.records, elapsed
-    )
+    return skipped_result(folder, product, entry, started)
 
 
-def adopted_entry(
-    folder: YearFolder, product: Product, key: CacheKey, summary: StreamSummary
-) -> ManifestEntry:
-    """The manifest entry of an adopted file, described by its own header and content."""
-    metadata = summary.metadata
-    span = TimeRange(metadata.start, metadata.end)
-    recorded = key.recorded(span, "adopted")
-    return product_entry(
-        folder.final(product.name), request=recorded, merged=summary, parts=[], engine="adopted"
-    )
+# 2. Fetch the rest: every local precondition, then the key, the preflight and the budget
 
 
-def check_room(work_root: Path, needed: int) -> None:
-    """A bucket's run writes its parts and merged files locally first: room for them, up front."""
-    import shutil
+def fetch_pending(
+    pending: list[Wanted],
+    cache: DecideFromCache,
+    answers: Answers,
+    *,
+    request: IngestRequest,
+    settings: Settings,
+    store: Store,
+    work_root: Path,
+    client_factory: ClientFactory,
+    progress: Progress,
+    stop: threading.Event,
+) -> tuple[UniversePlan, IngestError | None]:
+    """Check every local precondition before anything is asked of anyone; then the key, the
+    preflight and the budget; then the engines. The plan, and what stopped the downloads."""
+    engine = request.engine or settings.engine()
+    if not request.dry_run:
+        settings.check_work_root(work_root)
+    check_destinations(store, pending, work_root=work_root, batch=engine == "batch")
+    # Only now the download machinery: a cached re-run must stay cheap to start.
+    from backend.jobs.core.work import RunConfig
+    from backend.jobs.engines.runtime import Runtime
+    from backend.jobs.plan.preflight import UniversePlan, check_budget, plan_universe
 
-    work_root.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(work_root).free
-    if free < needed:
-        raise IngestError(
-            f"the work dir {work_root} has {free / 1e6:,.0f} MB free; this run needs up to "
-            f"{needed / 1e6:,.0f} MB there (parts and merged files before they are uploaded): "
-            "free some space or choose another --work-dir"
+    gateway, budget = settings.gateway_url(), settings.budget()  # input errors first
+    key = settings.require_key()
+    policy = RetryPolicy(retries=request.retries)
+    client = client_factory(key, gateway, timeout_s=request.timeout_s, policy=policy, stop=stop)
+    if cache.candidates:
+        pending = cache.confirm(client, pending, answers)
+    plan = UniversePlan([], [])
+    if pending:
+        plan = plan_universe(
+            client,
+            dataset=request.dataset,
+            pending=pending,
+            chunking=request.chunking,
+            group_size=request.group_size,
+            engine=engine,
+            batch_above=request.batch_above,
+            dry_run=request.dry_run,
+            force=request.force,
         )
-
-
-def check_work_dir(settings: Settings, work_root: Path) -> None:
-    """A bucket's run writes its parts and merged files in the work dir: before any request,
-    it must take files (created if absent); else exit 2 naming --work-dir."""
-    if settings.data_url is None:
-        return
-    problem = writable_folder(work_root)
-    if problem is None:
-        return
-    if settings.work_dir is not None:
-        raise InvalidInputError(
-            f"--work-dir {settings.work_dir} is not writable: {problem}; pick a writable folder"
-        )
-    raise InvalidInputError(
-        f"the work dir {work_root} is not writable: {problem}; pick a writable folder with "
-        "--work-dir"
-    )
+    if request.dry_run:
+        return plan, None
+    check_budget(plan, budget)
+    check_batch_folders(work_root, plan)
+    settings.check_work_room(work_root, plan.estimated_bytes)
+    try:
+        location = settings.store_location()
+        config = RunConfig.of(request, store=location, work_dir=work_root, gateway=gateway)
+        runtime = Runtime(config, client, store, stop, policy, progress)
+        for result in fetch(request, plan, runtime):
+            answers.add(result)
+    except IngestError as exc:  # reported with what it left; the caller exits
+        return plan, exc
+    return plan, None
 
 
 def check_destinations(
@@ -523,7 +508,7 @@ def check_destinations(
 
 def batch_folders(work_root: Path, job_ids: list[str] | tuple[str, ...] = ()) -> list[Path]:
     """The batch engine's working folders: its jobs' downloads and their locks."""
-    from backend.jobs.engines.batch import BATCH_SUBDIR
+    from backend.jobs.engines.batchjob import BATCH_SUBDIR
 
     root = work_root / RAW_SUBDIR
     return [
@@ -545,51 +530,15 @@ def check_batch_folders(work_root: Path, plan: UniversePlan) -> None:
         check_existing_working_dir(working)
 
 
-def fetch(
-    request: IngestRequest,
-    client: Any,
-    *,
-    plan: UniversePlan,
-    progress: Progress | None,
-    policy: RetryPolicy,
-    stop: threading.Event,
-    work_root: Path,
-) -> Iterator[ProductResult]:
-    """Download what the decision left to fetch (the caller holds the products' locks).
+def fetch(request: IngestRequest, plan: UniversePlan, runtime: Runtime) -> Iterator[ProductResult]:
+    """Download what the decision left to fetch (the caller holds the products' locks): the
+    engines' runner, around one runtime; a universe shows one bar for all its parts."""
+    from dataclasses import replace
 
-    Batch jobs are submitted first, so the service prepares them while the streamed groups
-    download; then their files are fetched.
-    """
-    from backend.jobs.cli.progress import NullProgress, OverallProgress
-    from backend.jobs.engines.batch import BatchEngine
-    from backend.jobs.engines.stream import download
+    from backend.jobs.core.progress import OverallProgress
+    from backend.jobs.engines.runner import fetch_groups
 
-    progress = progress or NullProgress()
     if request.is_universe:
         parts = sum(len(group.chunks) * len(group.members) for group in plan.groups)
-        progress = OverallProgress(progress, parts)
-    for member in plan.members:
-        parts = member.folder.make_parts(member.product.name)
-        remove_stale_temps(parts)
-    batch = BatchEngine(
-        request,
-        client,
-        data_dir=work_root,
-        policy=policy,
-        stop=stop,
-        progress=progress,
-        timeout_s=request.batch_timeout_s,
-    )
-    try:
-        batch.submit([group for group in plan.groups if group.engine == "batch"])
-        yield from download(
-            request,
-            client=client,
-            groups=[group for group in plan.groups if group.engine == "stream"],
-            progress=progress,
-            policy=policy,
-            stop=stop,
-        )
-        yield from batch.collect(time.monotonic())
-    finally:
-        batch.close()
+        runtime = replace(runtime, events=OverallProgress(runtime.events, parts))
+    yield from fetch_groups(plan.groups, runtime)

@@ -5,38 +5,21 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from backend.jobs.core.files import writable_folder
+from backend.jobs.core.locations import StoreLocation, looks_like_url, redact_url, s3_location
+from backend.jobs.core.secret import Secret
 from backend.jobs.core.units import Engine, parse_engine
-from backend.jobs.errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from backend.jobs.store.base import Store
+from backend.jobs.errors import IngestError, InvalidInputError
 
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 API_KEY_ENV = "DATABENTO_API_KEY"
 API_KEY_SHAPE = re.compile(r"db-[A-Za-z0-9]{29}(?![A-Za-z0-9])", re.IGNORECASE)
-
-
-class Secret:
-    """A string that never shows itself in reprs, logs or tracebacks."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
 
 
 @dataclass(frozen=True)
@@ -97,17 +80,22 @@ class Settings:
             cache_home=Path(env.get("XDG_CACHE_HOME") or "~/.cache").expanduser(),
         )
 
-    def location(self) -> tuple[Store, Path]:
-        """Where the cache lives, and the local folder for its parts and temporary files.
+    def store_location(self) -> StoreLocation:
+        """The data dir as plain values, for `store.open_store` (no credentials in it)."""
+        return StoreLocation(
+            self.data_url or str(self.data_dir),
+            self.data_source,
+            allow_http=self.aws_http_endpoint,
+            aws_profile=self.aws_profile,
+        )
+
+    def work_root(self) -> Path:
+        """The local folder for parts and files being written; flags checked (exit 2).
 
         A local data dir keeps its parts beside its files; a bucket's go to --work-dir
         (default: a cache folder of this user), one folder per bucket and prefix.
         """
-        from backend.jobs.store.base import LocalStore
-
         if self.work_dir_url is not None:
-            from backend.jobs.store.s3 import redact_url
-
             raise InvalidInputError(
                 f"--work-dir {redact_url(self.work_dir_url)!r} is a URL: it takes a local folder "
                 "(the scratch for parts and files before upload), e.g. --work-dir /scratch/bento"
@@ -118,24 +106,42 @@ class Settings:
                     "--work-dir is for s3:// data dirs: a local data dir keeps its parts beside "
                     "its files; drop --work-dir or point --data-dir at a bucket"
                 )
-            return LocalStore(self.data_dir), self.data_dir
-        from backend.jobs.store.s3 import LEASE_TTL_S, S3Store, redact_url, split_url
+            return self.data_dir
+        bucket, prefix = s3_location(self.data_url, self.data_source)
+        return (self.work_dir or self.cache_home / "bento-ingest" / "work") / bucket / prefix
 
-        if not self.data_url.lower().startswith("s3://"):
+    def check_work_root(self, work_root: Path) -> None:
+        """Before any request: a bucket's work dir must take files (created if absent), else exit
+        2 naming it by its flag. A local data dir is the work root itself: its final paths are
+        checked instead (the store's `check_writable`)."""
+        if self.data_url is None:
+            return
+        problem = writable_folder(work_root)
+        if problem is None:
+            return
+        if self.work_dir is not None:
             raise InvalidInputError(
-                f"{self.data_source} {redact_url(self.data_url)!r} is neither a local folder nor "
-                "s3://BUCKET/PREFIX (the only object store this tool writes to): write "
-                "s3://BUCKET/PREFIX or a folder"
+                f"--work-dir {self.work_dir} is not writable: {problem}; pick a writable folder"
             )
-        bucket, prefix = split_url(self.data_url, self.data_source)
-        store = S3Store(
-            self.data_url,
-            allow_http=self.aws_http_endpoint,
-            profile=self.aws_profile,
-            lease_ttl_s=LEASE_TTL_S,
+        raise InvalidInputError(
+            f"the work dir {work_root} is not writable: {problem}; pick a writable folder with "
+            "--work-dir"
         )
-        work = (self.work_dir or self.cache_home / "bento-ingest" / "work") / bucket / prefix
-        return store, work
+
+    def check_work_room(self, work_root: Path, needed: int) -> None:
+        """A bucket's run writes its parts and merged files in the work dir before uploading
+        them: room for them, up front. (A local data dir keeps what it writes: a full disk is
+        said when it happens, naming the folder being written.)"""
+        if self.data_url is None:
+            return
+        work_root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(work_root).free
+        if free < needed:
+            raise IngestError(
+                f"the work dir {work_root} has {free / 1e6:,.0f} MB free; this run needs up to "
+                f"{needed / 1e6:,.0f} MB there (parts and merged files before they are uploaded): "
+                "free some space or choose another --work-dir"
+            )
 
     def require_key(self) -> Secret:
         from backend.jobs.errors import CredentialsError
@@ -168,11 +174,6 @@ class Settings:
         except ValueError:
             value = math.nan
         return valid_budget(value, f"DATABENTO_MAX_COST={self.max_cost_env!r}")
-
-
-def looks_like_url(text: str) -> bool:
-    """`scheme://…`, or `s3:` with a slash missing (`s3:/bucket`, `s3:bucket`): never a folder."""
-    return "://" in text or text[:3].lower() == "s3:"
 
 
 def uses_aws_profile(env: Mapping[str, str]) -> bool:

@@ -3,7 +3,8 @@
 The real S3 protocol over HTTP on a free loopback port, with the conditional writes the object
 cache relies on (`If-None-Match: *`, `If-Match` on an ETag; a test checks moto still honours
 them). Every request is recorded (method, key, query), so a test can prove what a run did to
-the bucket, e.g. that a cached re-run read no object body.
+the bucket, e.g. that a cached re-run read no object body; `refuse` answers the requests it picks
+with S3's 403 AccessDenied instead (a fault a test injects, e.g. in the middle of an upload).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from urllib.parse import unquote
 REGION = "us-east-1"
 ACCESS_KEY = "sandbox-access-key"
 SECRET_KEY = "sandbox-secret-key"  # noqa: S105  a local test server's, never a real secret
+ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied (refused by the test)</Message></Error>"
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class LocalS3Server:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.requests: list[S3Request] = []
+        self.refuse: Callable[[S3Request], bool] | None = None
 
     def start(self) -> LocalS3Server:
         from moto.moto_server.werkzeug_app import (
@@ -113,7 +119,7 @@ class LocalS3Server:
         self.client().create_bucket(Bucket=name)
 
     def reset(self) -> None:
-        """Forget every bucket and object, and the recorded requests."""
+        """Forget every bucket and object, the recorded requests and any refusal."""
         from moto.backends import get_backend
 
         for account in get_backend("s3").values():
@@ -121,6 +127,7 @@ class LocalS3Server:
                 backend.reset()
         with self._lock:
             self.requests.clear()
+        self.refuse = None
 
     def recorded(self, method: str | None = None) -> list[S3Request]:
         with self._lock:
@@ -136,6 +143,9 @@ class LocalS3Server:
             if not bucket.startswith("moto-api"):
                 with self._lock:
                     self.requests.append(request)
+            if self.refuse is not None and self.refuse(request):
+                start_response("403 Forbidden", [("Content-Type", "application/xml")])
+                return [ACCESS_DENIED]
             return app(environ, start_response)
 
         return record

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from backend.jobs.cache.manifest import ManifestEntry, RecordedRequest
+from backend.jobs.cache.entry import ManifestEntry, RecordedRequest
 from backend.jobs.core.ranges import (
     NS_PER_SECOND,
     STYPE_IN,
@@ -107,20 +107,6 @@ class CacheKey:
         symbols = (self.symbol,)
         return RecordedRequest(
             self.dataset, self.schema, symbols, STYPE_IN, STYPE_OUT, span.start, span.end, chunking
-        )
-
-    def metadata_mismatch(self, metadata: Metadata) -> str | None:
-        """Why a DBN file's own header does not answer this key (a file with no entry)."""
-        header = FileHeader.of(metadata)
-        if header.span is None:
-            return "its header has no end"
-        return self.mismatch(
-            header.dataset,
-            header.schema,
-            header.symbols,
-            header.stype_in,
-            header.stype_out,
-            header.span,
         )
 
     def entry_mismatch(self, entry: ManifestEntry) -> str | None:

@@ -7,19 +7,23 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from backend.jobs.cache.decision import CacheKey, CacheState, FileHeader, OnDisk, cache_state
+from backend.jobs.cache.entry import EMPTY, ManifestContent
 from backend.jobs.cache.layout import (
     DATASETS_SUBDIR,
     DEFAULT_DATASET,
     FINAL_SUFFIX,
+    JOB_RECORD_FILE,
+    MANIFEST_FILE,
     PARTS_SUBDIR,
     RAW_SUBDIR,
-    YearFolder,
+    SymbolYear,
     folder_symbol,
 )
+from backend.jobs.cache.manifest import Manifest
 from backend.jobs.core.dbn import read_metadata
 from backend.jobs.core.ranges import DATASET_PATTERN, PRODUCTS
 from backend.jobs.errors import CorruptFileError, InvalidInputError
@@ -64,13 +68,11 @@ def folder_of(key: str) -> tuple[str, str, int, str] | None:
 def job_record_of(key: str) -> tuple[str, str, int, str] | None:
     """Pure: (dataset, symbol, year, product) of a product's batch job record
     (`{YEAR}/.parts/{PRODUCT}/batch-job.json`); None for any other key."""
-    from backend.jobs.cache.jobrecord import STATE_FILE
-
     place = _below_raw(key)
     if place is None:
         return None
     dataset, rest = place
-    if len(rest) != 5 or rest[2] != PARTS_SUBDIR or rest[4] != STATE_FILE:
+    if len(rest) != 5 or rest[2] != PARTS_SUBDIR or rest[4] != JOB_RECORD_FILE:
         return None
     symbol, year, _, product, _ = rest
     if symbol.startswith(".") or product.startswith(".") or not (year.isascii() and year.isdigit()):
@@ -95,7 +97,7 @@ def _below_raw(key: str) -> tuple[str, tuple[str, ...]] | None:
 
 def year_folders(
     store: Store, symbol: str | None, year: int | None, dataset: str | None = None
-) -> dict[YearFolder, dict[str, ObjectInfo]]:
+) -> dict[SymbolYear, dict[str, ObjectInfo]]:
     """Every cached symbol-year and its files (one listing), the default dataset first."""
     found: dict[tuple[str, str, int], dict[str, ObjectInfo]] = {}
     for info in store.listing(RAW_SUBDIR.as_posix()):
@@ -108,8 +110,7 @@ def year_folders(
         found.setdefault((where, name, when), {})[file] = info
     ordered = sorted(found, key=lambda k: (k[0] != DEFAULT_DATASET, k[0], k[1], k[2]))
     return {
-        YearFolder(Path(), name, when, where, store): found[(where, name, when)]
-        for where, name, when in ordered
+        SymbolYear(name, when, where): found[(where, name, when)] for where, name, when in ordered
     }
 
 
@@ -128,57 +129,67 @@ def cached_products(
             f"data dir {store.where('').rstrip('/')} does not exist: check --data-dir / DATA_DIR "
             "(nothing has been cached there yet)"
         )
-    from backend.jobs.cache.manifest import EMPTY, Manifest
-
     found = []
     now_ns = time.time_ns()
     for folder, files in year_folders(store, symbol, year, dataset).items():
-        content = Manifest.of(folder).load() if "manifest.json" in files else EMPTY
+        content = Manifest.of(store, folder).load() if MANIFEST_FILE in files else EMPTY
         on_disk = {name.removesuffix(FINAL_SUFFIX) for name in files if name.endswith(FINAL_SUFFIX)}
         names = on_disk | set(content.entries) | set(content.damaged) | set(content.raw_products)
-        for product in sorted(names):
-            key = folder.final_key(product)
-            info = files.get(f"{product}{FINAL_SUFFIX}")
-            if info is None and product in content.entries:  # a folder there, not a file?
-                info = store.head(key)
-            size = info.size if info is not None and info.is_file else None
-            entry = content.entries.get(product)
-            damage = content.damage(product)
-            header, unreadable = (
-                file_header(store, key) if size and entry is None and not damage else (None, None)
-            )
-            facts = OnDisk(
-                size=size,
-                not_a_file=info is not None and not info.is_file,
-                entry=entry,
-                damage=damage,
-                header=header,
-                header_problem=unreadable,
-            )
-            schema = PRODUCTS[product].schema if product in PRODUCTS else product.lower()
-            state, detail = cache_state(
-                facts, CacheKey(folder.dataset, schema, folder.symbol, folder.year), now_ns=now_ns
-            )
-            if state is CacheState.MISSING and content.damage(product):
-                state, detail = CacheState.DAMAGED, content.damage(product) or ""
-            found.append(
-                CachedProduct(
-                    dataset=folder.dataset,
-                    symbol=folder.symbol,
-                    year=folder.year,
-                    product=product,
-                    path=store.where(key),
-                    key=key,
-                    bytes=size,
-                    records=entry.records if entry else None,
-                    start=entry.request.start if entry else None,
-                    end=entry.request.end if entry else None,
-                    sha256=entry.sha256 if entry else None,
-                    manifest=str(state),
-                    problem=detail,
-                )
-            )
+        found += [
+            cached_product(store, folder, product, files, content, now_ns)
+            for product in sorted(names)
+        ]
     return found
+
+
+def cached_product(  # noqa: PLR0917  one product, as the listing and its manifest give it
+    store: Store,
+    folder: SymbolYear,
+    product: str,
+    files: dict[str, ObjectInfo],
+    content: ManifestContent,
+    now_ns: int,
+) -> CachedProduct:
+    """One product of a folder: its file as listed, its manifest entry, and its state (a file
+    with no entry is judged by its own header)."""
+    key = folder.final_key(product)
+    info = files.get(f"{product}{FINAL_SUFFIX}")
+    if info is None and product in content.entries:  # a folder there, not a file?
+        info = store.head(key)
+    size = info.size if info is not None and info.is_file else None
+    entry = content.entries.get(product)
+    damage = content.damage(product)
+    header, unreadable = (
+        file_header(store, key) if size and entry is None and not damage else (None, None)
+    )
+    facts = OnDisk(
+        size=size,
+        not_a_file=info is not None and not info.is_file,
+        entry=entry,
+        damage=damage,
+        header=header,
+        header_problem=unreadable,
+    )
+    schema = PRODUCTS[product].schema if product in PRODUCTS else product.lower()
+    cache_key = CacheKey(folder.dataset, schema, folder.symbol, folder.year)
+    state, detail = cache_state(facts, cache_key, now_ns=now_ns)
+    if state is CacheState.MISSING and damage:
+        state, detail = CacheState.DAMAGED, damage
+    return CachedProduct(
+        dataset=folder.dataset,
+        symbol=folder.symbol,
+        year=folder.year,
+        product=product,
+        path=store.where(key),
+        key=key,
+        bytes=size,
+        records=entry.records if entry else None,
+        start=entry.request.start if entry else None,
+        end=entry.request.end if entry else None,
+        sha256=entry.sha256 if entry else None,
+        manifest=str(state),
+        problem=detail,
+    )
 
 
 def file_header(store: Store, key: str) -> tuple[FileHeader | None, str | None]:
@@ -308,7 +319,7 @@ def status_json(
         job = by_product.pop((item.dataset, item.symbol, item.year, item.product), None)
         listed.append({**item.as_json(), "batch_job": job.as_json() if job else None})
     for job in by_product.values():
-        key = YearFolder(Path(), job.symbol, job.year, job.dataset, store).final_key(job.product)
+        key = SymbolYear(job.symbol, job.year, job.dataset).final_key(job.product)
         waiting = CachedProduct(
             dataset=job.dataset,
             symbol=job.symbol,

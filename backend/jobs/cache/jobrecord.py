@@ -9,7 +9,7 @@ the product is published, so a run killed at any moment resumes with the job it 
     {"format": 1, "job_id": "XNAS-...", ..., "failed": "its files hold ..."}     unusable
 
 A failed record names a paid job whose files failed validation: kept for inspection, never
-used again (batch.resume_recorded_jobs).
+used again (plan/resume.py).
 
 A record without a job id means the answer to a submit may have been lost: the next run
 looks the job up (`batch.list_jobs` since that moment) before it ever submits again.
@@ -18,55 +18,14 @@ looks the job up (`batch.list_jobs` since that moment) before it ever submits ag
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from backend.jobs.core.request import JobRequest
+from backend.jobs.core.request import JobRecord, JobRequest
 
 if TYPE_CHECKING:
     from backend.jobs.store.base import Store
 
-STATE_FILE = "batch-job.json"
 STATE_FORMAT = 1
-# How far before a recorded submit a lost job is looked for (clocks differ a little).
-CLOCK_SLACK = timedelta(minutes=10)
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    request: JobRequest
-    job_id: str | None = None  # None: submitting; the answer may have been lost
-    cost_usd: float | None = None
-    submitted_since: str = ""  # when the submit was about to be sent (UTC, ISO)
-    failed: str | None = None  # why its files cannot be used (validation), else None
-
-    @classmethod
-    def submitting(cls, request: JobRequest) -> JobRecord:
-        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        return cls(request, submitted_since=now)
-
-    def submitted(self, job_id: str, cost_usd: float | None) -> JobRecord:
-        return replace(self, job_id=job_id, cost_usd=cost_usd)
-
-    def failing(self, reason: str) -> JobRecord:
-        return replace(self, failed=reason)
-
-    @property
-    def look_since(self) -> str:
-        """The list_jobs `since` that finds this record's job, if it was created."""
-        moment = datetime.fromisoformat(self.submitted_since.replace("Z", "+00:00"))
-        return (moment - CLOCK_SLACK).isoformat()
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "job_id": self.job_id,
-            "cost_usd": self.cost_usd,
-            "submitted_since": self.submitted_since,
-            "request": self.request.as_json(),
-            **({"failed": self.failed} if self.failed is not None else {}),
-        }
 
 
 def read_record(store: Store, key: str) -> JobRecord | None:
@@ -92,4 +51,5 @@ def read_record(store: Store, key: str) -> JobRecord | None:
 
 def write_record(store: Store, key: str, record: JobRecord) -> None:
     """Durably, before the step it enables: a killed run (or another machine) must find it."""
-    store.put(key, (json.dumps(record.as_json(), indent=2) + "\n").encode())
+    raw = {"format": STATE_FORMAT, **record.as_json()}
+    store.put(key, (json.dumps(raw, indent=2) + "\n").encode())

@@ -1,10 +1,15 @@
-"""The cache layout on disk, the tool's working folders, and temp files that never outlive a run.
+"""The cache layout: store keys of each dataset-symbol-year, and its local working folders.
 
     {data_dir}/raw/databento/{SYMBOL}/{YEAR}/TRADES.dbn.zst       XNAS.ITCH (the default dataset)
     {data_dir}/raw/databento/{SYMBOL}/{YEAR}/manifest.json        what each final file holds
     {data_dir}/raw/databento/datasets/{DATASET}/{SYMBOL}/{YEAR}/  any other dataset, same layout
     .../{YEAR}/.parts/TRADES/                                     finished chunks until the merge
+    .../{YEAR}/.parts/TRADES/batch-job.json                       its batch job, until published
     {data_dir}/raw/databento/.locks/.../{YEAR}/TRADES.lock        one writer per product
+
+Final files, manifests, job records and locks are store keys (`SymbolYear`); parts and files
+being written are local, below the run's working root: the data dir itself, or the work dir
+of a bucket (`YearFolder`).
 
 The symbol folder is the symbol with every byte outside `A-Z a-z 0-9 . _ -` (and a leading
 dot) percent-encoded, so `BRK.B` stays `BRK.B` and `AAPL  250221C00250000` becomes
@@ -19,18 +24,13 @@ dir. The data dir itself, `raw` and `raw/databento` may be links to another disk
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 import shutil
-import stat
-import threading
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
-from backend.jobs.errors import IngestError
+from backend.jobs.core.files import make_working_dir
 
 if TYPE_CHECKING:
     from backend.jobs.store.base import Store
@@ -41,9 +41,8 @@ DATASETS_SUBDIR = "datasets"
 LOCKS_SUBDIR = ".locks"
 PARTS_SUBDIR = ".parts"
 FINAL_SUFFIX = ".dbn.zst"
-TEMP_SUFFIX = ".tmp"
-# `.{name}.{pid}-{12 hex}.tmp`, exactly what temp_path_for() makes: cleanup removes nothing else.
-TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.\d+-[0-9a-f]{12}\.tmp$")
+MANIFEST_FILE = "manifest.json"
+JOB_RECORD_FILE = "batch-job.json"
 
 
 def symbol_folder(symbol: str) -> str:
@@ -61,30 +60,20 @@ def dataset_subdir(dataset: str) -> Path:
 
 
 @dataclass(frozen=True)
-class YearFolder:
-    """Where one dataset-symbol-year lives.
+class SymbolYear:
+    """One dataset-symbol-year of the layout, as store keys (POSIX paths below the data dir)."""
 
-    `data_dir` is local: the data dir itself, or the work dir of a bucket, where parts and
-    temporary files are written. Final files and manifests are `store` objects under `key`s
-    (for a local data dir, the very same paths).
-    """
-
-    data_dir: Path
     symbol: str
     year: int
     dataset: str = DEFAULT_DATASET
-    store: Store | None = field(default=None, compare=False, repr=False)
 
     @property
-    def storage(self) -> Store:
-        if self.store is not None:
-            return self.store
-        from backend.jobs.store.base import LocalStore
-
-        return LocalStore(self.data_dir)
+    def relative(self) -> Path:
+        """The folder below raw/databento: also names its locks."""
+        return dataset_subdir(self.dataset) / symbol_folder(self.symbol) / str(self.year)
 
     def key(self, name: str) -> str:
-        """A file of this folder as a store key (a path below the data dir)."""
+        """A file of this folder as a store key."""
         return (RAW_SUBDIR / self.relative / name).as_posix()
 
     def final_key(self, product: str) -> str:
@@ -92,36 +81,40 @@ class YearFolder:
 
     @property
     def manifest_key(self) -> str:
-        return self.key("manifest.json")
+        return self.key(MANIFEST_FILE)
 
     def job_key(self, product: str) -> str:
-        """The batch job recorded for a product (batchjob.py), beside its parts."""
-        return self.key(f"{PARTS_SUBDIR}/{product}/batch-job.json")
+        """The batch job recorded for a product (cache/jobrecord.py), beside its parts."""
+        return self.key(f"{PARTS_SUBDIR}/{product}/{JOB_RECORD_FILE}")
 
     def lock_key(self, product: str) -> str:
         return (RAW_SUBDIR / LOCKS_SUBDIR / self.relative / f"{product}.lock").as_posix()
 
-    @property
-    def relative(self) -> Path:
-        """The folder below raw/databento: also names its locks."""
-        return dataset_subdir(self.dataset) / symbol_folder(self.symbol) / str(self.year)
+
+@dataclass(frozen=True, kw_only=True)
+class YearFolder(SymbolYear):
+    """A dataset-symbol-year as a run uses it: its objects in `store` (final files, manifest,
+    job records, locks), and its local working folder below `work_root` (parts, and each merged
+    file until the store publishes it).
+
+    `work_root` is the data dir itself for a local cache (a merged file is renamed into place),
+    or the work dir of a bucket's run (it is uploaded from there).
+    """
+
+    store: Store = field(compare=False, repr=False)
+    work_root: Path
 
     @property
     def path(self) -> Path:
-        return self.data_dir / RAW_SUBDIR / self.relative
-
-    @property
-    def manifest(self) -> Path:
-        return self.path / "manifest.json"
+        """This folder's local working copy: below `work_root`, as its keys are in the store."""
+        return self.work_root / RAW_SUBDIR / self.relative
 
     def final(self, product: str) -> Path:
+        """Where a product's merged file is written locally before it is published."""
         return self.path / f"{product}{FINAL_SUFFIX}"
 
     def parts(self, product: str) -> Path:
         return self.path / PARTS_SUBDIR / product
-
-    def lock(self, product: str) -> Path:
-        return self.data_dir / self.lock_key(product)
 
     def drop_parts(self, product: str) -> None:
         """Remove a product's parts once its final file is published (never through a link)."""
@@ -134,197 +127,3 @@ class YearFolder:
     def make_parts(self, product: str) -> Path:
         """The product's parts folder, created as real folders (never through a link)."""
         return make_working_dir(self.path, Path(PARTS_SUBDIR) / product)
-
-    def make_locks(self) -> Path:
-        """The folder holding this symbol-year's lock files, created as real folders."""
-        root = self.data_dir / RAW_SUBDIR
-        root.mkdir(parents=True, exist_ok=True)
-        return make_working_dir(root, LOCKS_SUBDIR / self.relative)
-
-
-def make_working_dir(base: Path, relative: Path) -> Path:
-    """Create `base/relative` one level at a time, refusing any level that is not a real folder.
-
-    `base` may be reached through links (the user's choice); what the tool creates below it may
-    not, or parts would be written, and stale temps deleted, in someone else's folder.
-    """
-    base.mkdir(parents=True, exist_ok=True)
-    path = base
-    for name in relative.parts:
-        path /= name
-        with contextlib.suppress(FileExistsError):
-            path.mkdir()
-        check_working_dir(path)
-    return path
-
-
-def check_working_dir(path: Path) -> None:
-    """Raise unless `path` is a real folder (not a link, not a file)."""
-    mode = path.lstat().st_mode
-    if stat.S_ISLNK(mode):
-        raise IngestError(
-            f"{path} is a symbolic link: the tool's working folders must be real folders inside "
-            f"the data dir; remove the link (rm '{path}') and run again"
-        )
-    if not stat.S_ISDIR(mode):
-        raise IngestError(f"{path} is not a folder: remove it (rm '{path}') and run again")
-
-
-def check_existing_working_dir(path: Path) -> None:
-    """Before any request: a working folder already there is real and writable (one that is
-    not there yet is created as a real folder when it is needed)."""
-    if not (path.is_symlink() or path.exists()):
-        return
-    check_working_dir(path)
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise IngestError(
-            f"{path} is not writable: fix its permissions (the tool's working folder) and run again"
-        )
-
-
-def writable_folder(folder: Path) -> str | None:
-    """Why `folder` cannot take the run's working files, or None: created if absent (with its
-    parents, as mkdir -p), then a probe file written and removed, which also catches a read-only
-    mount and a full quota where permission bits say nothing (e.g. for root)."""
-    probe = temp_path_for(folder / ".write-probe")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with probe.open("xb"):
-            pass
-        probe.unlink()
-    except OSError as exc:
-        named = folder if exc.filename in {None, str(probe)} else exc.filename
-        return f"{exc.strerror or exc} ({named})"
-    return None
-
-
-def temp_path_for(final: Path) -> Path:
-    """A unique name beside `final`, so `os.replace` onto it is atomic (same filesystem)."""
-    return final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
-
-
-def remove_stale_temps(folder: Path, *names: str) -> int:
-    """Delete temp files a killed run left in `folder` for `names` (final names; none: any).
-
-    Only call while holding the lock of what they belong to. Removes nothing but regular files
-    and real folders named exactly as `temp_path_for` names them; an absent folder holds none.
-    """
-    removed = 0
-    try:
-        entries = list(os.scandir(folder))
-    except (FileNotFoundError, NotADirectoryError):
-        return 0
-    for entry in entries:
-        match = TEMP_NAME.match(entry.name)
-        wanted = match is not None and (not names or match["name"] in names)
-        if wanted and (entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)):
-            remove_temp(Path(entry.path))
-            removed += 1
-    return removed
-
-
-def has_stale_temps(folder: Path, name: str) -> bool:
-    """Whether a killed run left temp files of `name` (a product, or its final file) here."""
-    try:
-        entries = list(os.scandir(folder))
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return any(
-        (match := TEMP_NAME.match(entry.name)) is not None and match["name"].startswith(name)
-        for entry in entries
-    )
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish(temp: Path, final: Path, *, durable: bool = True) -> None:
-    """Make a fully written temp file visible under its final name (atomic rename).
-
-    Durable: the content is on disk before the rename and the rename before returning. Parts
-    are published without it: each is decoded and checked again before it is reused, so one
-    torn by a power cut is simply fetched again (and thousands of fsyncs are saved).
-    """
-    if durable:
-        with temp.open("rb+") as handle:
-            os.fsync(handle.fileno())
-    temp.replace(final)
-    if durable:
-        fsync_dir(final.parent)
-
-
-def writable_destination(final: Path) -> str | None:
-    """Why `final` cannot be written (without writing anything), or None when it can."""
-    if final.is_dir():
-        return f"{final} is a folder: move it away or remove it, then run again"
-    folder = final.parent
-    while not folder.exists():
-        if folder.is_symlink():
-            return f"{folder} is a broken symbolic link: fix or remove it"
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{folder} is not a folder: move it away so {final.parent} can be created"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{folder} is not writable: fix its permissions or choose another --data-dir"
-    return None
-
-
-class ScratchFiles:
-    """Temp paths handed out during a run; whatever is still registered at the end is deleted."""
-
-    def __init__(self) -> None:
-        self._paths: set[Path] = set()
-        self._lock = threading.Lock()
-
-    def new(self, final: Path) -> Path:
-        path = temp_path_for(final)
-        with self._lock:
-            self._paths.add(path)
-        return path
-
-    def new_dir(self, final: Path) -> Path:
-        """A temp folder beside `final`, for a file written by code that cannot be stopped."""
-        path = self.new(final)
-        path.mkdir()
-        return path
-
-    def forget(self, path: Path) -> None:
-        with self._lock:
-            self._paths.discard(path)
-
-    def discard(self, path: Path) -> None:
-        remove_temp(path)
-        self.forget(path)
-
-    def remove_all(self) -> None:
-        with self._lock:
-            paths, self._paths = self._paths, set()
-        for path in paths:
-            with contextlib.suppress(OSError):
-                remove_temp(path)
-
-
-def remove_temp(path: Path, attempts: int = 5) -> None:
-    """Delete a temp file, or a temp folder with what is in it.
-
-    Retried while a writer that was abandoned (a stopped download) still adds its file: once
-    the folder is gone, that writer can no longer create anything.
-    """
-    for attempt in range(attempts):
-        try:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-        except FileNotFoundError:
-            return
-        except OSError:
-            if attempt + 1 == attempts:
-                raise
-            continue
-        return

@@ -6,18 +6,24 @@ from __future__ import annotations
 import contextlib
 import resource
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from backend.jobs.cache.layout import YearFolder
-from backend.jobs.core.ranges import Product
 from backend.jobs.errors import IngestError
 from backend.jobs.store.base import LockRequest
+
+if TYPE_CHECKING:
+    from backend.jobs.cache.layout import SymbolYear
+    from backend.jobs.core.ranges import Product
+    from backend.jobs.store.base import Store
 
 SPARE_FILES = 256  # descriptors kept free for connections, parts and logs
 
 
 @contextlib.contextmanager
-def locked(items: Iterable[tuple[YearFolder, Product]], timeout_s: float) -> Iterator[None]:
-    """Hold the lock of every (symbol-year folder, product) until the block ends.
+def locked(
+    store: Store, items: Iterable[tuple[SymbolYear, Product]], timeout_s: float
+) -> Iterator[None]:
+    """Hold the lock of every (symbol-year, product) in `store` until the block ends.
 
     Taken in one order (by lock key: folder, then product name) whatever the order asked, so
     runs never deadlock on each other: kernel file locks on local disk (each holds a file
@@ -34,7 +40,7 @@ def locked(items: Iterable[tuple[YearFolder, Product]], timeout_s: float) -> Ite
         for folder, product in wanted
     }
     make_room_for(len(requests))
-    with wanted[0][0].storage.locked(list(requests.values()), timeout_s):
+    with store.locked(list(requests.values()), timeout_s):
         yield
 
 

@@ -267,14 +267,41 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     the same request (dataset, schema, symbol, year) is skipped without any request and without
     the API key. DATA_DIR may be a folder or s3://BUCKET/PREFIX, shared by many machines.
     """
-    from backend.jobs.cli.progress import NullProgress, RichProgress, wants_progress
-    from backend.jobs.core.request import IngestRequest
-    from backend.jobs.ingest import run_ingest
-
     level = "DEBUG" if verbose else "SUCCESS" if quiet else log_level.upper()
     settings = Settings.from_env(
         gateway=gateway, data_dir=data_dir, max_cost=max_cost, work_dir=work_dir
     )
+    _start_logging(level, log_json, settings)
+    with exit_codes():
+        request = ingest_request(
+            symbol=symbol,
+            symbols=symbols,
+            symbols_file=symbols_file,
+            year=year,
+            years=years,
+            group_size=group_size,
+            products=products,
+            dataset=dataset,
+            force=force,
+            verify=verify,
+            chunk=chunk,
+            jobs=jobs,
+            retries=retries,
+            timeout=timeout,
+            lock_timeout=lock_timeout,
+            dry_run=dry_run,
+            engine=engine,
+            batch_above=batch_above,
+            batch_timeout=batch_timeout,
+        )
+        report = _run(request, settings, live=wants_live_progress(quiet, log_json, dry_run))
+        print_outcome(report, request, tables=not quiet and not log_json, log_json=log_json)
+        if report.exit_code:
+            raise typer.Exit(report.exit_code)
+
+
+def _start_logging(level: str, log_json: bool, settings: Settings) -> None:
+    """Logging first, so that even a bad --log-level is reported as one line (exit 2)."""
     secret = settings.api_key.reveal() if settings.api_key else ""
     try:
         level = _valid_level(level)
@@ -282,47 +309,97 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
         setup_logging(json_lines=log_json, secrets=[secret])
         raise _fail(exc) from None
     setup_logging(level, json_lines=log_json, secrets=[secret])
-    try:
-        names, calendar = universe(
-            symbol=symbol, symbols=symbols, symbols_file=symbols_file, year=year, years=years
-        )
-        request = IngestRequest(
-            symbols=names,
-            years=calendar,
-            group_size=group_size,
-            products=parse_products(products),
-            dataset=normalize_dataset(dataset),
-            force=force,
-            verify=verify,
-            chunking=_valid_chunking(chunk),
-            jobs=jobs,
-            retries=retries,
-            timeout_s=timeout,
-            lock_timeout_s=lock_timeout,
-            dry_run=dry_run,
-            engine=parse_engine(engine) if engine else None,
-            batch_above=parse_size(batch_above),
-            batch_timeout_s=parse_duration(batch_timeout),
-        )
-        show_tables = not quiet and not log_json
-        live = wants_progress(quiet, log_json) and not dry_run
-        progress = RichProgress() if live else None
-        try:
-            with warnings_logged(), stop_on_signals():
-                report = run_ingest(request, settings, progress=progress or NullProgress())
-        finally:
-            if progress:
-                progress.close()
-        from backend.jobs.cli import report as tables
 
-        if dry_run and not log_json:
-            tables.print_plan(report, request)
-        elif show_tables and (request.is_universe or report.downloaded):
-            tables.print_summary(report, request)
-        for line in failure_lines(report, request):
-            logger.error("{}", line)
-        if report.exit_code:
-            raise typer.Exit(report.exit_code)
+
+def ingest_request(
+    *,
+    symbol: str | None,
+    symbols: str | None,
+    symbols_file: str | None,
+    year: str | None,
+    years: str | None,
+    group_size: int,
+    products: str,
+    dataset: str,
+    force: bool,
+    verify: bool,
+    chunk: str,
+    jobs: int,
+    retries: int,
+    timeout: float,
+    lock_timeout: float,
+    dry_run: bool,
+    engine: str | None,
+    batch_above: str,
+    batch_timeout: str,
+) -> IngestRequest:
+    """The flags of `data` checked and turned into one request; bad input raises (exit 2)."""
+    from backend.jobs.core.request import IngestRequest
+
+    names, calendar = universe(
+        symbol=symbol, symbols=symbols, symbols_file=symbols_file, year=year, years=years
+    )
+    return IngestRequest(
+        symbols=names,
+        years=calendar,
+        group_size=group_size,
+        products=parse_products(products),
+        dataset=normalize_dataset(dataset),
+        force=force,
+        verify=verify,
+        chunking=_valid_chunking(chunk),
+        jobs=jobs,
+        retries=retries,
+        timeout_s=timeout,
+        lock_timeout_s=lock_timeout,
+        dry_run=dry_run,
+        engine=parse_engine(engine) if engine else None,
+        batch_above=parse_size(batch_above),
+        batch_timeout_s=parse_duration(batch_timeout),
+    )
+
+
+def wants_live_progress(quiet: bool, log_json: bool, dry_run: bool) -> bool:
+    """A live bar only on a terminal, never with --quiet, --log-json or --dry-run."""
+    from backend.jobs.cli.progress import wants_progress
+
+    return wants_progress(quiet, log_json) and not dry_run
+
+
+def _run(request: IngestRequest, settings: Settings, *, live: bool) -> IngestReport:
+    """Run the ingest with the terminal progress (if live), stopping cleanly on signals."""
+    from backend.jobs.cli.progress import RichProgress
+    from backend.jobs.core.progress import NullProgress
+    from backend.jobs.ingest import run_ingest
+
+    progress = RichProgress() if live else None
+    try:
+        with warnings_logged(), stop_on_signals():
+            return run_ingest(request, settings, progress=progress or NullProgress())
+    finally:
+        if progress:
+            progress.close()
+
+
+def print_outcome(
+    report: IngestReport, request: IngestRequest, *, tables: bool, log_json: bool
+) -> None:
+    """The dry-run plan or the summary table, then one stderr line per thing not fetched."""
+    from backend.jobs.cli import report as printed
+
+    if request.dry_run and not log_json:
+        printed.print_plan(report, request)
+    elif tables and (request.is_universe or report.downloaded):
+        printed.print_summary(report, request)
+    for line in failure_lines(report, request):
+        logger.error("{}", line)
+
+
+@contextlib.contextmanager
+def exit_codes() -> Iterator[None]:
+    """Expected failures become one line on stderr and their exit code; our bugs surface."""
+    try:
+        yield
     except IngestError as exc:
         raise _fail(exc) from None
     except OSError as exc:
@@ -341,10 +418,11 @@ def _cached(
 ) -> tuple[Store, list[CachedProduct]]:
     """Set up logging, validate the filters, list the cache (its store only, never Databento)."""
     from backend.jobs.cache.inventory import cached_products
+    from backend.jobs.store import open_store
 
     setup_logging()
     try:
-        store, _ = Settings.from_env(data_dir=data_dir).location()
+        store = open_store(Settings.from_env(data_dir=data_dir).store_location())
         return store, cached_products(
             store,
             symbol_option(symbol, "--symbol") if symbol else None,

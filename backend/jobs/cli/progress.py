@@ -1,4 +1,8 @@
-"""Live download progress on an interactive terminal; nothing at all anywhere else."""
+"""Live download progress on an interactive terminal; nothing at all anywhere else.
+
+`RichProgress` implements the engines' `core.progress.Progress`: it is told what happens (chunks
+started and done, bytes as they arrive, a batch job's state) and never looks at the disk.
+"""
 
 from __future__ import annotations
 
@@ -6,39 +10,10 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Any, Protocol
-
-from backend.jobs.cache.layout import TEMP_SUFFIX
+from dataclasses import dataclass, field
+from typing import Any
 
 REFRESH_S = 0.5
-
-
-class Progress(Protocol):
-    def start(self, product: str, parts_dir: Path, chunks: int) -> None: ...
-    def advance(self, product: str, part_bytes: int) -> None: ...
-    def finish(self, product: str) -> None: ...
-    def waiting(self, label: str, state: str, percent: int | None) -> None: ...
-    def close(self) -> None: ...
-
-
-class NullProgress:
-    """For pipes, logs, --quiet and tests: the log lines say everything."""
-
-    def start(self, product: str, parts_dir: Path, chunks: int) -> None:
-        pass
-
-    def advance(self, product: str, part_bytes: int) -> None:
-        pass
-
-    def finish(self, product: str) -> None:
-        pass
-
-    def waiting(self, label: str, state: str, percent: int | None) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def wants_progress(quiet: bool, json_logs: bool) -> bool:
@@ -51,17 +26,30 @@ def wants_progress(quiet: bool, json_logs: bool) -> bool:
     )
 
 
-class RichProgress:
-    """Per product: chunks done/total, bytes on disk (finished parts + parts in flight), rate, ETA.
+@dataclass
+class Bar:
+    """One product's line: its display task and the bytes it was told of."""
 
-    Bytes in flight are read from the sizes of the temp files being streamed, so the display
-    moves during a chunk, not only between chunks.
+    task: int
+    began: float = field(default_factory=time.monotonic)
+    done_bytes: int = 0  # of the finished parts
+    arriving_bytes: int = 0  # received for parts not finished yet
+
+    @property
+    def size(self) -> int:
+        return self.done_bytes + self.arriving_bytes
+
+
+class RichProgress:
+    """Per product: chunks done/total, bytes (finished parts + parts arriving), rate, ETA.
+
+    Bytes are counted as the engines receive them, so the display moves during a chunk, not
+    only between chunks; a finished part's bytes replace what was counted for it as it came.
     """
 
     def __init__(self) -> None:
         self._display: Any = None  # rich is imported only once there is something to show
-        self._tasks: dict[str, tuple[int, Path, float]] = {}
-        self._done_bytes: dict[str, int] = {}
+        self._bars: dict[str, Bar] = {}
         self._waiting: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -93,29 +81,35 @@ class RichProgress:
         self._display.start()
         self._thread.start()
 
-    def start(self, product: str, parts_dir: Path, chunks: int) -> None:
-        if self._display is None:
-            self._show()
+    def start(self, product: str, chunks: int) -> None:
         with self._lock:
+            if self._display is None:
+                self._show()
             task = self._display.add_task(
                 product, total=chunks, unit="chunks", size="0.0 MB", rate=""
             )
-            self._tasks[product] = (task, parts_dir, time.monotonic())
-            self._done_bytes[product] = 0
+            self._bars[product] = Bar(task)
+
+    def received(self, product: str, size: int) -> None:
+        with self._lock:
+            self._bars[product].arriving_bytes += size
 
     def advance(self, product: str, part_bytes: int) -> None:
         with self._lock:
-            self._done_bytes[product] += part_bytes
-            self._display.advance(self._tasks[product][0])
+            bar = self._bars[product]
+            bar.done_bytes += part_bytes
+            bar.arriving_bytes = max(0, bar.arriving_bytes - part_bytes)
+            self._display.advance(bar.task)
 
     def finish(self, product: str) -> None:
-        self._refresh(product)
+        with self._lock:
+            self._refresh(self._bars[product])
 
     def waiting(self, label: str, state: str, percent: int | None) -> None:
         """A batch job being prepared by the service: its state and progress out of 100."""
-        if self._display is None:
-            self._show()
         with self._lock:
+            if self._display is None:
+                self._show()
             if label not in self._waiting:
                 self._waiting[label] = self._display.add_task(
                     label, total=100, unit="%", size=state, rate=""
@@ -130,49 +124,13 @@ class RichProgress:
 
     def _poll(self) -> None:
         while not self._stop.wait(REFRESH_S):
-            for product in list(self._tasks):
-                self._refresh(product)
+            with self._lock:
+                for bar in self._bars.values():
+                    self._refresh(bar)
 
-    def _refresh(self, product: str) -> None:
-        with self._lock:
-            task, parts_dir, began = self._tasks[product]
-            in_flight = 0
-            temps = [*parts_dir.glob(f".*{TEMP_SUFFIX}"), *parts_dir.glob(f".*{TEMP_SUFFIX}/*")]
-            for temp in temps:
-                try:
-                    in_flight += temp.stat().st_size if temp.is_file() else 0
-                except FileNotFoundError:
-                    continue
-            total = self._done_bytes[product] + in_flight
-            elapsed = max(time.monotonic() - began, 1e-6)
-            self._display.update(
-                task, size=f"{total / 1e6:.1f} MB", rate=f"{total / 1e6 / elapsed:.1f} MB/s"
-            )
-
-
-class OverallProgress:
-    """A universe run: one bar for all its symbol-year-products, parts done of parts planned."""
-
-    LABEL = "all"
-
-    def __init__(self, inner: Progress, parts: int) -> None:
-        self._inner = inner
-        self._parts = parts
-        self._started = False
-
-    def start(self, product: str, parts_dir: Path, chunks: int) -> None:  # noqa: ARG002  Progress
-        if not self._started:
-            self._started = True
-            self._inner.start(self.LABEL, parts_dir, self._parts)
-
-    def advance(self, product: str, part_bytes: int) -> None:  # noqa: ARG002  Progress
-        self._inner.advance(self.LABEL, part_bytes)
-
-    def finish(self, product: str) -> None:
-        pass
-
-    def waiting(self, label: str, state: str, percent: int | None) -> None:
-        self._inner.waiting(label, state, percent)
-
-    def close(self) -> None:
-        self._inner.close()
+    def _refresh(self, bar: Bar) -> None:
+        """Size and rate of one bar (the caller holds the lock)."""
+        elapsed = max(time.monotonic() - bar.began, 1e-6)
+        self._display.update(
+            bar.task, size=f"{bar.size / 1e6:.1f} MB", rate=f"{bar.size / 1e6 / elapsed:.1f} MB/s"
+        )

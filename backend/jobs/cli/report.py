@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from backend.jobs.cache.inventory import CachedProduct, RecordedJob
     from backend.jobs.core.ranges import TimeRange
-    from backend.jobs.core.request import IngestRequest
+    from backend.jobs.core.request import IngestRequest, ProductResult
     from backend.jobs.ingest import IngestReport
     from backend.jobs.plan.preflight import GroupPlan
 
@@ -43,7 +43,8 @@ def _table(title: str, columns: Sequence[str]) -> Table:
     return table
 
 
-def _mb(size: int | None) -> str:
+def _megabytes(size: int | None) -> str:
+    """`25.0 MB`, or `-` when unknown."""
     return "-" if size is None else f"{size / 1e6:,.1f} MB"
 
 
@@ -66,23 +67,52 @@ def print_plan(report: IngestReport, request: IngestRequest) -> None:
             group.product.name,
             "to download",
             group.engine,
-            _range(group.span),
+            _span_excl(group.span),
             str(len(group.chunks)),
-            _mb(group.estimated_bytes),
+            _megabytes(group.estimated_bytes),
             usd(group.estimated_usd),
         )
     table.add_section()
-    table.add_row(
-        "total", "", "", "", "", _mb(report.plan.estimated_bytes), usd(report.plan.estimated_usd)
-    )
+    plan = report.plan
+    table.add_row("total", *[""] * 4, _megabytes(plan.estimated_bytes), usd(plan.estimated_usd))
     console = _console()
     console.print(table)
     for group in report.plan.groups:
-        console.print(f"{group.product.name}: {_engine(group)}", soft_wrap=True)
+        console.print(f"{group.product.name}: {_engine_and_why(group)}", soft_wrap=True)
 
 
 def print_universe_plan(report: IngestReport, request: IngestRequest) -> None:
     """Dry run of a universe: one row per symbol-year-product, then the requests and the cost."""
+    rows = universe_plan_rows(report)
+    table = _table(
+        f"Dry run: {counted(len(request.symbols), 'symbol')} x "
+        f"{counted(len(request.years), 'year')} "
+        "(nothing downloaded)",
+        ["symbol", "year", "product", "status", "range", "group", "engine"],
+    )
+    for row in _screenful(rows):
+        table.add_row(*row)
+    console = _console()
+    console.print(table)
+    requests = sum(len(group.chunks) for group in report.plan.groups)
+    console.print(
+        f"to download: {counted(len(report.plan.members), 'symbol-year-product')} in "
+        f"{counted(len(report.plan.groups), 'group')}, {counted(requests, 'request')}, est. "
+        f"{_megabytes(report.plan.estimated_bytes)} billable, {usd(report.plan.estimated_usd)}; "
+        f"cached: {len(report.results)}; unknown or without data: {len(report.failures)}",
+        soft_wrap=True,
+    )
+    for group in report.plan.groups:
+        if group.engine == "batch":
+            console.print(
+                f"group {group.number} ({group.product.name}): {_engine_and_why(group)}",
+                soft_wrap=True,
+            )
+
+
+def universe_plan_rows(report: IngestReport) -> list[list[str]]:
+    """Pure: symbol, year, product, status, range, group, engine: cached, then to download,
+    then unknown or without data."""
     rows = [
         [r.symbol, str(r.year), r.product.name, "cached", "-", "-", "-"] for r in report.results
     ]
@@ -93,45 +123,26 @@ def print_universe_plan(report: IngestReport, request: IngestRequest) -> None:
                 str(m.year),
                 m.product.name,
                 "to download",
-                _range(m.span),
+                _span_excl(m.span),
                 str(group.number),
                 group.engine,
             ]
             for m in group.members
         ]
-    rows += [
+    return rows + [
         [f.symbol, str(f.year), f.product or "-", f.reason, "-", "-", "-"] for f in report.failures
     ]
-    table = _table(
-        f"Dry run: {counted(len(request.symbols), 'symbol')} x "
-        f"{counted(len(request.years), 'year')} "
-        "(nothing downloaded)",
-        ["symbol", "year", "product", "status", "range", "group", "engine"],
-    )
-    shown = rows if len(rows) <= SCREENFUL else [*rows[: SCREENFUL - 5], None, *rows[-5:]]
-    for row in shown:
-        if row is None:
-            table.add_row("...", "", "", f"{len(rows) - SCREENFUL + 5} more rows", "", "", "")
-        else:
-            table.add_row(*row)
-    console = _console()
-    console.print(table)
-    requests = sum(len(group.chunks) for group in report.plan.groups)
-    console.print(
-        f"to download: {counted(len(report.plan.members), 'symbol-year-product')} in "
-        f"{counted(len(report.plan.groups), 'group')}, {counted(requests, 'request')}, est. "
-        f"{_mb(report.plan.estimated_bytes)} billable, {usd(report.plan.estimated_usd)}; "
-        f"cached: {len(report.results)}; unknown or without data: {len(report.failures)}",
-        soft_wrap=True,
-    )
-    for group in report.plan.groups:
-        if group.engine == "batch":
-            console.print(
-                f"group {group.number} ({group.product.name}): {_engine(group)}", soft_wrap=True
-            )
 
 
-def _engine(group: GroupPlan) -> str:
+def _screenful(rows: list[list[str]]) -> list[list[str]]:
+    """All rows if they fit on a screen; else the head, one `... N more rows` row, the tail."""
+    if len(rows) <= SCREENFUL:
+        return rows
+    more = ["...", "", "", f"{len(rows) - SCREENFUL + 5} more rows", "", "", ""]
+    return [*rows[: SCREENFUL - 5], more, *rows[-5:]]
+
+
+def _engine_and_why(group: GroupPlan) -> str:
     """`stream` or `batch`, and why: the estimate against --batch-above, or a paid job."""
     return f"{group.engine}, {group.why}" if group.why else group.engine
 
@@ -147,26 +158,30 @@ def print_summary(report: IngestReport, request: IngestRequest) -> None:
         ["product", "status", "size", "records", "elapsed s", "MB/s", "est. USD", "billed USD"],
     )
     for result in report.results:
-        group = groups.get(result.product.name)
-        downloaded = result.status == "downloaded"
-        rate = result.bytes / 1e6 / result.elapsed_s if downloaded and result.elapsed_s else 0.0
-        estimate = group.estimated_usd if group and downloaded else 0.0
-        # Databento bills uncompressed DBN bytes: scale the estimate by what actually arrived.
-        billed = result.records * result.product.record_size
-        ratio = billed / group.estimated_bytes if group and group.estimated_bytes else 0.0
-        table.add_row(
-            result.product.name,
-            result.status,
-            _mb(result.bytes),
-            f"{result.records:,}",
-            f"{result.elapsed_s:.2f}",
-            f"{rate:.1f}" if downloaded else "-",
-            usd(estimate),
-            usd(estimate * ratio if downloaded else 0.0),
-        )
+        table.add_row(*_summary_row(result, groups.get(result.product.name)))
     for failure in report.failures:  # not fetched: the reason is on stderr, and below
         table.add_row(failure.product or "all", failure.reason, *["-"] * 6)
     _console().print(table)
+
+
+def _summary_row(result: ProductResult, group: GroupPlan | None) -> list[str]:
+    """One product after a run: size, records, speed, the estimate and what was billed."""
+    downloaded = result.status == "downloaded"
+    rate = result.bytes / 1e6 / result.elapsed_s if downloaded and result.elapsed_s else 0.0
+    estimate = group.estimated_usd if group and downloaded else 0.0
+    # Databento bills uncompressed DBN bytes: scale the estimate by what actually arrived.
+    billed = result.records * result.product.record_size
+    ratio = billed / group.estimated_bytes if group and group.estimated_bytes else 0.0
+    return [
+        result.product.name,
+        result.status,
+        _megabytes(result.bytes),
+        f"{result.records:,}",
+        f"{result.elapsed_s:.2f}",
+        f"{rate:.1f}" if downloaded else "-",
+        usd(estimate),
+        usd(estimate * ratio if downloaded else 0.0),
+    ]
 
 
 def print_universe_summary(report: IngestReport) -> None:
@@ -178,7 +193,7 @@ def print_universe_summary(report: IngestReport) -> None:
     console = _console()
     console.print(
         f"Summary: {counted(len(downloaded), 'symbol-year-product')} downloaded "
-        f"({_mb(sum(result.bytes for result in downloaded))}), "
+        f"({_megabytes(sum(result.bytes for result in downloaded))}), "
         f"{len(report.results) - len(downloaded)} cached, {len(failed)} failed; "
         f"{counted(len(unknown), 'symbol-year')} unknown or without data; "
         f"estimate {usd(report.plan.estimated_usd)}",
@@ -200,7 +215,8 @@ def not_fetched_lines(report: IngestReport) -> list[str]:
     ]
 
 
-def _range(span: TimeRange) -> str:
+def _span_excl(span: TimeRange) -> str:
+    """`2023-01-01 .. 2024-01-01 (excl.)`: a request's range, end exclusive."""
     return f"{span.start[:10]} .. {span.end[:10]} (excl.)"
 
 
@@ -218,7 +234,7 @@ def print_status(items: list[CachedProduct], jobs: Sequence[RecordedJob] = ()) -
             item.symbol,
             str(item.year),
             item.product,
-            _mb(item.bytes),
+            _megabytes(item.bytes),
             records,
             span,
             item.manifest,
@@ -229,10 +245,10 @@ def print_status(items: list[CachedProduct], jobs: Sequence[RecordedJob] = ()) -
         if item.problem:
             console.print(f"{item.path}: {item.manifest}: {item.problem}", soft_wrap=True)
     if jobs:
-        print_jobs(console, jobs)
+        print_recorded_jobs(console, jobs)
 
 
-def print_jobs(console: Console, jobs: Sequence[RecordedJob]) -> None:
+def print_recorded_jobs(console: Console, jobs: Sequence[RecordedJob]) -> None:
     """One row per recorded job (a group's job is recorded once per member product)."""
     from rich.table import Table
 
@@ -250,9 +266,9 @@ def print_jobs(console: Console, jobs: Sequence[RecordedJob]) -> None:
         table.add_row(
             first.job_id or "(submitting)",
             first.state,
-            _age(first.age_s),
+            _age_label(first.age_s),
             "-" if first.cost_usd is None else usd(first.cost_usd),
-            _members(members),
+            _job_products(members),
         )
     console.print(table)
     for members in same.values():
@@ -261,7 +277,7 @@ def print_jobs(console: Console, jobs: Sequence[RecordedJob]) -> None:
             console.print(f"{first.path}: {first.state}: {first.problem}", soft_wrap=True)
 
 
-def _members(members: list[RecordedJob]) -> str:
+def _job_products(members: list[RecordedJob]) -> str:
     """`AAPL 2023 TRADES`, or `TRADES 2023: AAPL, MSFT (of 50 symbols)`."""
     first = members[0]
     if len(members) == 1 and (first.symbols or 1) == 1:
@@ -273,7 +289,7 @@ def _members(members: list[RecordedJob]) -> str:
     return f"{first.product} {first.year}: {names}{more}{total}"
 
 
-def _age(seconds: float | None) -> str:
+def _age_label(seconds: float | None) -> str:
     """`45s`, `12m`, `3h 05m`, `2d 04h`: how long ago a job was submitted."""
     if seconds is None:
         return "-"

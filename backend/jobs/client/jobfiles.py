@@ -18,7 +18,7 @@ class JobFile:
     algorithm, which the SDK skips too): the file is then checked by its DBN content alone.
     `url` is None when it gives no https URL: the SDK cannot fetch such a file either ("'download'
     delivery is not available"), and we do not guess a path on the gateway for it, so its
-    download fails with a message naming the file (client.download_file).
+    download fails with a message naming the file (client.files).
     """
 
     filename: str

@@ -1,4 +1,5 @@
-"""One retry policy for every call to Databento: chunks, metadata and symbology alike."""
+"""One retry policy for every call to Databento (chunks, metadata, symbology, job files), run
+by tenacity; the pacing that keeps a whole run under the service's rates."""
 
 from __future__ import annotations
 
@@ -9,19 +10,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from loguru import logger
 
-from backend.jobs.errors import CancelledError, IngestError, TransientError
+from backend.jobs.errors import IngestError, RunStoppedError, TransientError
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 T = TypeVar("T")
 
 # The longest Retry-After this tool sleeps through; a server asking for more is told no.
 MAX_RETRY_AFTER_S = 60.0
-# Seconds without a byte before a request is given up (--timeout); the SDK's own is 100 s.
-
-
 # Databento's documented request rates per second (historical API), kept below.
 REQUEST_RATES = {"timeseries": 100.0, "symbology": 100.0, "metadata": 20.0}
 # batch.submit_job: 20 a minute, in any rhythm (a universe submits its groups at once).
@@ -54,7 +55,7 @@ class Pacer:
                 start = max(now, self._next[family], self._resume)
                 self._next[family] = start + self._interval[family]
         if start > now and stop.wait(start - now):
-            raise CancelledError(f"{family} request: cancelled")
+            raise RunStoppedError(f"{family} request: cancelled")
 
     def hold(self, seconds: float) -> None:
         """No request starts for `seconds` from now (a 429 was answered)."""
@@ -64,7 +65,10 @@ class Pacer:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Capped exponential backoff with jitter; the server's Retry-After wins when longer."""
+    """Capped exponential backoff with jitter; the server's Retry-After wins when longer.
+
+    `retries` is --retries: the attempts after the first.
+    """
 
     retries: int = 5
     base_delay_s: float = 0.5
@@ -92,33 +96,59 @@ def retrying(
 
     A Retry-After above the policy's cap fails at once, saying when the server asks to retry.
     """
+    import tenacity  # lazily: a cached re-run never retries anything
+
     rng = random.Random()  # noqa: S311  jitter, not cryptography
-    attempts = policy.retries + 1
-    for attempt in range(attempts):
-        if stop.is_set():
-            raise CancelledError(f"{label}: cancelled")
-        try:
-            return call()
-        except retry_on as exc:
-            retry_after = getattr(exc, "retry_after", None)
-            if policy.refuses_wait(retry_after):
-                when = datetime.now(UTC) + timedelta(seconds=retry_after or 0)
-                raise IngestError(
-                    f"{label}: {exc}; the server asks to retry in {retry_after:.0f}s "
-                    f"(after {when:%Y-%m-%d %H:%M:%S} UTC), longer than the "
-                    f"{policy.max_retry_after_s:.0f}s this tool waits: run the same command "
-                    "again then (finished chunks are kept)"
-                ) from None
-            if attempt + 1 == attempts:
-                raise IngestError(
-                    f"{label} failed after {attempts} attempts: {exc}; "
-                    "run the same command again to resume (finished chunks are kept)"
-                ) from None
-            delay = policy.delay(attempt, retry_after, rng)
-            logger.warning(
-                "{}: retry {}/{} in {:.1f}s after: {}",
-                *(label, attempt + 1, policy.retries, delay, exc),
-            )
-            if stop.wait(delay):
-                raise CancelledError(f"{label}: cancelled") from None
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    def attempt() -> T:
+        if stop.is_set():  # set during a wait, or before the first attempt
+            raise RunStoppedError(f"{label}: cancelled")
+        return call()
+
+    def worth_retrying(exc: BaseException) -> bool:
+        return isinstance(exc, retry_on) and not policy.refuses_wait(_retry_after(exc))
+
+    def wait(state: RetryCallState) -> float:  # the Retry-After of the failure, if longer
+        failure = state.outcome.exception()  # type: ignore[union-attr]
+        return policy.delay(state.attempt_number - 1, _retry_after(failure), rng)
+
+    def log_retry(state: RetryCallState) -> None:
+        failure = state.outcome.exception()  # type: ignore[union-attr]
+        logger.warning(
+            "{}: retry {}/{} in {:.1f}s after: {}",
+            *(label, state.attempt_number, policy.retries, state.upcoming_sleep, failure),
+        )
+
+    retryer = tenacity.Retrying(
+        sleep=tenacity.sleep_using_event(stop),  # a stop ends the wait at once
+        stop=tenacity.stop_after_attempt(policy.retries + 1),
+        wait=wait,
+        retry=tenacity.retry_if_exception(worth_retrying),
+        before_sleep=log_retry,
+        reraise=True,
+    )
+    try:
+        return retryer(attempt)
+    except retry_on as exc:
+        raise _gave_up(exc, label, policy) from None
+
+
+def _gave_up(exc: IngestError, label: str, policy: RetryPolicy) -> IngestError:
+    """What a caller is told when a retryable error is not retried (again)."""
+    retry_after = _retry_after(exc)
+    if policy.refuses_wait(retry_after):
+        when = datetime.now(UTC) + timedelta(seconds=retry_after or 0)
+        return IngestError(
+            f"{label}: {exc}; the server asks to retry in {retry_after:.0f}s "
+            f"(after {when:%Y-%m-%d %H:%M:%S} UTC), longer than the "
+            f"{policy.max_retry_after_s:.0f}s this tool waits: run the same command "
+            "again then (finished chunks are kept)"
+        )
+    return IngestError(
+        f"{label} failed after {policy.retries + 1} attempts: {exc}; "
+        "run the same command again to resume (finished chunks are kept)"
+    )
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    return getattr(exc, "retry_after", None)

@@ -12,31 +12,41 @@ T = TypeVar("T")
 def run_concurrently(
     calls: Sequence[Callable[[], T]], name: str, limit: int | None = None
 ) -> list[T]:
-    """Run `calls` (at most `limit` at a time); their results in order, or the first failure.
+    """Run `calls`, at most `limit` at a time; their results in order, or the first failure.
 
-    The threads are daemons: when the caller is interrupted (a signal) it stops waiting at once,
-    and a call still blocked in a read (bounded by --timeout) cannot hold the process open.
+    A bounded pool: each worker takes the next call as soon as its own ends, so one slow call
+    holds up no other. After a failure no call starts; those running are let finish (each is
+    bounded by --timeout), then the failure is raised.
+
+    The workers are daemons: when the caller is interrupted (a signal) it stops waiting at once,
+    and a call still blocked in a read cannot hold the process open. (concurrent.futures joins
+    its threads at exit, which is why it is not used here.)
     """
     results: list[T | None] = [None] * len(calls)
-    failures: list[BaseException | None] = [None] * len(calls)
+    failures: list[BaseException] = []
+    pending = iter(range(len(calls)))
+    lock = threading.Lock()
 
-    def run(index: int) -> None:
-        try:
-            results[index] = calls[index]()
-        except BaseException as exc:  # noqa: BLE001  re-raised in the caller below
-            failures[index] = exc
+    def work() -> None:
+        while True:
+            with lock:
+                index = None if failures else next(pending, None)
+            if index is None:
+                return
+            try:
+                results[index] = calls[index]()
+            except BaseException as exc:  # noqa: BLE001  re-raised in the caller below
+                with lock:
+                    failures.append(exc)
 
-    wave = limit or len(calls) or 1
-    for first in range(0, len(calls), wave):
-        threads = [
-            threading.Thread(target=run, args=(index,), name=f"{name}-{index}", daemon=True)
-            for index in range(first, min(first + wave, len(calls)))
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        for failure in failures:
-            if failure is not None:
-                raise failure
+    workers = [
+        threading.Thread(target=work, name=f"{name}-{number}", daemon=True)
+        for number in range(min(limit or len(calls), len(calls)))
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if failures:
+        raise failures[0]
     return results  # type: ignore[return-value]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import calendar
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal, get_args
@@ -104,14 +105,6 @@ def normalize_dataset(raw: str) -> str:
             f"--dataset {raw!r} is not a Databento dataset code: use VENUE.FEED, e.g. XNAS.ITCH"
         )
     return dataset
-
-
-def validate_year(year: int) -> int:
-    if not MIN_YEAR <= year <= MAX_YEAR:
-        raise InvalidInputError(
-            f"year {year} is out of range: use a four-digit year between {MIN_YEAR} and {MAX_YEAR}"
-        )
-    return year
 
 
 def year_range(year: int) -> TimeRange:
@@ -216,6 +209,11 @@ def format_ns(ns: int) -> str:
     seconds, fraction = divmod(ns, NS_PER_SECOND)
     text = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{text}.{fraction:09d}Z" if fraction else f"{text}Z"
+
+
+def now_iso() -> str:
+    """This moment in UTC, to the second (`2026-12-02T16:01:00Z`): when a record was written."""
+    return format_ns(time.time_ns() // NS_PER_SECOND * NS_PER_SECOND)
 
 
 def parse_timestamp_ns(text: str) -> int:

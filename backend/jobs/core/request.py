@@ -1,9 +1,11 @@
 """The requests: what one run is asked to do (and what it did for each symbol-year-product),
-one `get_range` call, and one batch job (a range request plus its split)."""
+one `get_range` call, one batch job (a range request plus its split), and a batch job as this
+tool records it (stored as `batch-job.json` by cache/jobrecord.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from backend.jobs.core.ranges import (
@@ -12,6 +14,7 @@ from backend.jobs.core.ranges import (
     Chunking,
     Product,
     TimeRange,
+    now_iso,
     parse_timestamp_ns,
 )
 from backend.jobs.core.units import (
@@ -28,6 +31,8 @@ from backend.jobs.logs import completion_line
 DEFAULT_GROUP_SIZE = 50
 # Seconds without a byte before a request is given up (and retried): --timeout's default.
 DEFAULT_TIMEOUT_S = 30.0
+# How far before a recorded submit a lost job is looked for (clocks differ a little).
+CLOCK_SLACK = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class IngestRequest:
         return len(self.symbols) * len(self.years) > 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProductResult:
     symbol: str
     year: int
@@ -174,6 +179,42 @@ class JobRequest:
             and self.schema == schema
             and self.span == span
         )
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A batch job as recorded: from before its submit (no id yet) to its end (or failure)."""
+
+    request: JobRequest
+    job_id: str | None = None  # None: submitting; the answer may have been lost
+    cost_usd: float | None = None
+    submitted_since: str = ""  # when the submit was about to be sent (UTC, ISO)
+    failed: str | None = None  # why its files cannot be used (validation), else None
+
+    @classmethod
+    def submitting(cls, request: JobRequest) -> JobRecord:
+        return cls(request, submitted_since=now_iso())
+
+    def submitted(self, job_id: str, cost_usd: float | None) -> JobRecord:
+        return replace(self, job_id=job_id, cost_usd=cost_usd)
+
+    def failing(self, reason: str) -> JobRecord:
+        return replace(self, failed=reason)
+
+    @property
+    def look_since(self) -> str:
+        """The list_jobs `since` that finds this record's job, if it was created."""
+        moment = datetime.fromisoformat(self.submitted_since.replace("Z", "+00:00"))
+        return (moment - CLOCK_SLACK).isoformat()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "cost_usd": self.cost_usd,
+            "submitted_since": self.submitted_since,
+            "request": self.request.as_json(),
+            **({"failed": self.failed} if self.failed is not None else {}),
+        }
 
 
 def job_symbols(raw: Any) -> frozenset[str] | None:

@@ -94,6 +94,11 @@ def choose_engine(engine: Engine, estimated_bytes: int, batch_above: int) -> tup
     return "stream", f"estimate {size} <= --batch-above {limit}"
 
 
+def usd(value: float) -> str:
+    """Cents for real amounts; sub-cent estimates keep their digits so they never read $0.00."""
+    return f"${value:,.2f}" if value >= 0.01 or value == 0 else f"${value:.2g}"
+
+
 def human_bytes(count: int, digits: int = 3) -> str:
     """`2.5 MB`, `800 MB`, `1.23 GB`, `1 B`: decimal units as Databento bills, `digits`
     significant digits (never rounded to zero)."""

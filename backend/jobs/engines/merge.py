@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from loguru import logger
 
-from backend.jobs.cache.layout import ScratchFiles
 from backend.jobs.core.dbn import (
     NS_PER_DAY,
     HashingWriter,
@@ -18,6 +18,7 @@ from backend.jobs.core.dbn import (
     encode_header,
     write_day_frames,
 )
+from backend.jobs.core.files import ScratchFiles
 from backend.jobs.core.ranges import TimeRange
 from backend.jobs.core.request import RangeRequest
 from backend.jobs.engines.parts import Part
@@ -51,14 +52,15 @@ def symbol_status(parts: list[Part], symbol: str, gaps: bool) -> tuple[list[str]
     return [], []
 
 
-def has_gaps(parts: list[Part], span: TimeRange) -> bool:
-    """Whether the parts' ranges, in order, fail to tile `span` exactly."""
+def has_gaps(ranges: Iterable[TimeRange], span: TimeRange) -> bool:
+    """Pure: whether `ranges` leave some stretch of `span` uncovered (a product's chunks, or
+    the periods its symbol is listed in)."""
     cursor = span.start_ns
-    for part in sorted(parts, key=lambda part: part.request.span):
-        if part.request.span.start_ns != cursor:
+    for each in sorted(ranges):
+        if each.start_ns > cursor:
             return True
-        cursor = part.request.span.end_ns
-    return cursor != span.end_ns
+        cursor = max(cursor, each.end_ns)
+    return cursor < span.end_ns
 
 
 def header_from_parts(parts: list[Part], span: TimeRange) -> HeaderFields:
@@ -70,7 +72,8 @@ def header_from_parts(parts: list[Part], span: TimeRange) -> HeaderFields:
                 (item["start_date"], item["end_date"], item["symbol"]) for item in intervals
             )
     symbol = parts[0].request.symbols[0]
-    partial, not_found = symbol_status(parts, symbol, has_gaps(parts, span))
+    gaps = has_gaps((part.request.span for part in parts), span)
+    partial, not_found = symbol_status(parts, symbol, gaps)
     return HeaderFields(
         {symbol: coalesce(intervals) for symbol, intervals in by_symbol.items()}, partial, not_found
     )
@@ -92,7 +95,7 @@ class MergedWriter:
         self,
         final: Path,
         request: RangeRequest,
-        chunks: list[TimeRange],
+        chunks: Sequence[TimeRange],
         predicted: HeaderFields,
         scratch: ScratchFiles,
         *,
@@ -116,10 +119,6 @@ class MergedWriter:
         self._temp = scratch.new(final)
         self._handle: BinaryIO | None = None
         self._sink: HashingWriter | None = None
-
-    def expects(self, span: TimeRange) -> bool:
-        """Whether `span` is one of the chunks this file is made of."""
-        return span in self._position
 
     def add(self, part: Part) -> None:
         """Take a finished part; append every part that is now next in line."""

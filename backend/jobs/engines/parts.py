@@ -1,4 +1,5 @@
-"""Download one chunk to a validated part file, retrying what is worth retrying."""
+"""Download one chunk to a validated part file, retrying what is worth retrying; the one place
+a `Part` is made (`publish_part`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import BinaryIO, Protocol, TypeVar
 
 from loguru import logger
 
-from backend.jobs.cache.layout import ScratchFiles, publish
 from backend.jobs.client.retry import RetryPolicy, retrying
 from backend.jobs.core.dbn import (
     HeaderFields,
@@ -22,9 +22,10 @@ from backend.jobs.core.dbn import (
     request_mismatch,
     scan,
 )
+from backend.jobs.core.files import ScratchFiles, publish
 from backend.jobs.core.ranges import TimeRange, format_ns, has_weekday
 from backend.jobs.core.request import RangeRequest
-from backend.jobs.errors import CancelledError, CorruptFileError, NoDataError, TransientError
+from backend.jobs.errors import CorruptFileError, NoDataError, RunStoppedError, TransientError
 
 T = TypeVar("T")
 
@@ -48,6 +49,15 @@ class Part:
     layout: PartFile
 
 
+def publish_part(
+    temp: Path, final: Path, request: RangeRequest, summary: StreamSummary, *, downloaded: bool
+) -> Part:
+    """A checked, re-encoded part moved from its temp file into place: the one way to make one."""
+    publish(temp, final, durable=False)
+    layout = PartFile.written(final, summary.metadata_bytes)
+    return Part(request, final, summary, downloaded=downloaded, layout=layout)
+
+
 def part_path(parts_dir: Path, span: TimeRange) -> Path:
     def stamp(ns: int) -> str:
         return format_ns(ns).replace(":", "").replace("-", "")
@@ -66,18 +76,25 @@ class GrowingFile:
     POLL_S = 0.02
     LAG_BYTES = 1 << 18
 
-    def __init__(self, path: Path, done: threading.Event, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        path: Path,
+        done: threading.Event,
+        stop: threading.Event,
+        received: Callable[[int], None] | None = None,
+    ) -> None:
         self.name = path.name
         self._path = path
         self._done = done
         self._stop = stop
+        self._received = received  # told the size of each piece read, as it arrives
         self._handle: BinaryIO | None = None
         self._position = 0
 
     def read(self, size: int) -> bytes:
         while True:
             if self._stop.is_set():
-                raise CancelledError(f"{self.name}: cancelled")
+                raise RunStoppedError(f"{self.name}: cancelled")
             finished = self._done.is_set()  # checked before reading, so no byte is missed
             if self._handle is None and self._path.exists():
                 self._handle = self._path.open("rb")
@@ -86,6 +103,8 @@ class GrowingFile:
                 if finished or ahead >= max(size, self.LAG_BYTES):
                     data = self._handle.read(size)
                     self._position += len(data)
+                    if self._received is not None and data:
+                        self._received(len(data))
                     return data
             elif finished:
                 return b""
@@ -102,6 +121,7 @@ def stream_and_check(
     check: Callable[[GrowingFile], T],
     *,
     stop: threading.Event,
+    received: Callable[[int], None] | None = None,
 ) -> T:
     """Run `fetch` (which writes `served`) while `check` reads (and re-encodes) what has
     arrived so far.
@@ -125,10 +145,10 @@ def stream_and_check(
         target=download, name=f"{threading.current_thread().name}-fetch", daemon=True
     )
     fetcher.start()
-    growing = GrowingFile(served, done, stop)
+    growing = GrowingFile(served, done, stop, received)
     try:
         result = check(growing)
-    except CancelledError:
+    except RunStoppedError:
         raise
     except BaseException:
         fetcher.join()  # never leave the SDK writing a file that is about to be deleted
@@ -168,6 +188,7 @@ def fetch_chunk(
     stop: threading.Event,
     label: str,
     empty_header: HeaderFields | None = None,
+    received: Callable[[int], None] | None = None,
 ) -> Part:
     """Reuse a valid part from an earlier run, or download, check, re-encode and publish it.
 
@@ -191,19 +212,18 @@ def fetch_chunk(
                     served,
                     lambda source: check_part(source, request, record_size, recode_to=recoded),
                     stop=stop,
+                    received=received,
                 )
             except NoDataError:
                 if empty_header is None:
                     raise
                 log_nothing_to_resolve(label, request.span)
                 summary = empty_part(served, request, empty_header, record_size, recoded)
-            publish(recoded, final, durable=False)
             logger.debug(
                 "{}: {} records, {} bytes kept, in {:.2f}s",
                 *(label, summary.records, summary.bytes, time.monotonic() - began),
             )
-            layout = PartFile.written(final, summary.metadata_bytes)
-            return Part(request, final, summary, downloaded=True, layout=layout)
+            return publish_part(recoded, final, request, summary, downloaded=True)
         finally:
             scratch.discard(inflight)
             scratch.discard(recoded)
@@ -248,15 +268,13 @@ def reusable_part(
     recoded = scratch.new(final)
     try:
         summary = check_part(final, request, record_size, recode_to=recoded)
-        publish(recoded, final, durable=False)
+        return publish_part(recoded, final, request, summary, downloaded=False)
     except CorruptFileError as exc:
         logger.warning("{}: discarding unusable part {}: {}", label, final.name, exc)
         final.unlink(missing_ok=True)
         return None
     finally:
         scratch.discard(recoded)
-    layout = PartFile.written(final, summary.metadata_bytes)
-    return Part(request, final, summary, downloaded=False, layout=layout)
 
 
 def fetch_group_chunk(
@@ -270,6 +288,7 @@ def fetch_group_chunk(
     policy: RetryPolicy,
     stop: threading.Event,
     label: str,
+    received: Callable[[int], None] | None = None,
 ) -> dict[str, Part]:
     """One chunk of several symbols: one request, split on arrival into one part per symbol.
 
@@ -304,6 +323,7 @@ def fetch_group_chunk(
                     served,
                     lambda source: split_by_symbol(source, asked, record_size, temps, inflight),
                     stop=stop,
+                    received=received,
                 )
             except NoDataError:
                 log_nothing_to_resolve(label, request.span)
@@ -313,15 +333,12 @@ def fetch_group_chunk(
                     )
                     for symbol in missing
                 }
-            fetched = {}
-            for symbol in missing:
-                publish(temps[symbol], finals[symbol], durable=False)
-                summary = summaries[symbol]
-                layout = PartFile.written(finals[symbol], summary.metadata_bytes)
-                fetched[symbol] = Part(
-                    alone(symbol), finals[symbol], summary, downloaded=True, layout=layout
+            return {
+                symbol: publish_part(
+                    temps[symbol], finals[symbol], alone(symbol), summaries[symbol], downloaded=True
                 )
-            return fetched
+                for symbol in missing
+            }
         finally:
             scratch.discard(inflight)
             for temp in temps.values():

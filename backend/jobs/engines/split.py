@@ -134,6 +134,20 @@ class SymbolPart:
             frames.close()
         self.sha256, self.bytes = sink.sha256.hexdigest(), sink.bytes
 
+    def summary(self) -> StreamSummary:
+        """The written part, described as a checked part is."""
+        from databento_dbn import Metadata
+
+        return StreamSummary(
+            metadata=Metadata.decode(self.header),
+            metadata_bytes=self.header,
+            records=self.records,
+            first_ts_recv=self.first,
+            last_ts_recv=self.last,
+            sha256=self.sha256,
+            bytes=self.bytes,
+        )
+
 
 def symbol_header(request: RangeRequest, metadata: Metadata, symbol: str) -> bytes:
     """The header a request for `symbol` alone, over the same range, would start with."""
@@ -172,8 +186,6 @@ def split_by_symbol(
     """
     from dataclasses import replace
 
-    from databento_dbn import Metadata
-
     from backend.jobs.core.ranges import TimeRange
 
     with contextlib.ExitStack() as stack:
@@ -203,33 +215,30 @@ def split_by_symbol(
         check = RecordCheck(name, record_size, request.span.start_ns, request.span.end_ns)
         for block in reader.record_blocks(record_size):
             check.feed(block)
-            rows = np.frombuffer(block, dtype=np.uint8).reshape(-1, record_size)
-            ids = rows[:, INSTRUMENT_ID_OFFSET : INSTRUMENT_ID_OFFSET + 4].copy().view("<u4")
-            stamps = rows[:, TS_RECV_OFFSET : TS_RECV_OFFSET + 8].copy().view("<u8")
-            owners = routes.owner_of(ids.ravel(), stamps.ravel() // np.uint64(NS_PER_DAY))
-            if (owners < 0).any():
-                stray = int(ids.ravel()[np.argmax(owners < 0)])
-                raise CorruptFileError(
-                    f"{name} holds records of instrument_id {stray} that no requested symbol "
-                    "maps to on their date"
-                )
-            order = np.argsort(owners, kind="stable")
-            present, starts = np.unique(owners[order], return_index=True)
-            for index, first, last in zip(present, starts, [*starts[1:], len(order)], strict=True):
-                part = parts.get(request.symbols[index])
-                if part is not None:
-                    part.write(rows[order[first:last]])
+            route_block(block, record_size, routes, parts, name)
         for part in parts.values():
             part.finish()
-    summaries = {}
-    for symbol, part in parts.items():
-        summaries[symbol] = StreamSummary(
-            metadata=Metadata.decode(part.header),
-            metadata_bytes=part.header,
-            records=part.records,
-            first_ts_recv=part.first,
-            last_ts_recv=part.last,
-            sha256=part.sha256,
-            bytes=part.bytes,
+    return {symbol: part.summary() for symbol, part in parts.items()}
+
+
+def route_block(
+    block: bytes, record_size: int, routes: Routes, parts: Mapping[str, SymbolPart], name: str
+) -> None:
+    """Hand each record of a block to its symbol's part (dropped if the symbol has none), in
+    order; a record no mapping interval accounts for fails the stream."""
+    rows = np.frombuffer(block, dtype=np.uint8).reshape(-1, record_size)
+    ids = rows[:, INSTRUMENT_ID_OFFSET : INSTRUMENT_ID_OFFSET + 4].copy().view("<u4")
+    stamps = rows[:, TS_RECV_OFFSET : TS_RECV_OFFSET + 8].copy().view("<u8")
+    owners = routes.owner_of(ids.ravel(), stamps.ravel() // np.uint64(NS_PER_DAY))
+    if (owners < 0).any():
+        stray = int(ids.ravel()[np.argmax(owners < 0)])
+        raise CorruptFileError(
+            f"{name} holds records of instrument_id {stray} that no requested symbol "
+            "maps to on their date"
         )
-    return summaries
+    order = np.argsort(owners, kind="stable")
+    present, starts = np.unique(owners[order], return_index=True)
+    for index, first, last in zip(present, starts, [*starts[1:], len(order)], strict=True):
+        part = parts.get(routes.symbols[index])
+        if part is not None:
+            part.write(rows[order[first:last]])

@@ -25,12 +25,13 @@ from backend.jobs.core.ranges import (
     symbology_end_date,
 )
 from backend.jobs.core.request import RangeRequest
-from backend.jobs.core.units import Engine, choose_engine, split_duration
+from backend.jobs.core.units import Engine, choose_engine, split_duration, usd
+from backend.jobs.core.work import GroupPlan, ProductPlan
 from backend.jobs.errors import EXIT_INVALID_INPUT, BudgetExceededError, InvalidInputError
 from backend.jobs.logs import key_value_line
+from backend.jobs.plan.resume import resume_recorded_jobs
 
 if TYPE_CHECKING:
-    from backend.jobs.cache.jobrecord import JobRecord
     from backend.jobs.cache.layout import YearFolder
 
 MAX_SYMBOLS_PER_REQUEST = 2_000  # Databento's limit for one get_range or symbology.resolve
@@ -46,46 +47,6 @@ class MetadataClient(Protocol):
     def dataset_range(self, dataset: str) -> dict[str, TimeRange]: ...
     def resolve(self, dataset: str, symbols: list[str], span: TimeRange) -> dict[str, Any]: ...
     def estimate(self, request: RangeRequest) -> tuple[int, float]: ...
-
-
-@dataclass(frozen=True)
-class ProductPlan:
-    """One symbol-year-product to fetch."""
-
-    folder: YearFolder
-    product: Product
-    span: TimeRange  # the year, clamped to the dataset and to where the symbol resolves
-    instrument_ids: list[str]
-    header: HeaderFields  # the merged file's symbology as resolved, checked against the data
-    listed: list[TimeRange]  # where in `span` the symbol resolves to an instrument
-
-    @property
-    def symbol(self) -> str:
-        return self.folder.symbol
-
-    @property
-    def year(self) -> int:
-        return self.folder.year
-
-
-@dataclass(frozen=True)
-class GroupPlan:
-    """Symbol-year-products fetched together: one get_range per chunk for all their symbols."""
-
-    number: int
-    product: Product
-    span: TimeRange
-    members: list[ProductPlan]
-    chunks: list[TimeRange]  # stream: the requests; batch: the job's files (as expected)
-    estimated_bytes: int
-    estimated_usd: float  # what this run pays for it (0 for a job already paid)
-    engine: str = "stream"  # or "batch"
-    why: str = ""  # why this engine, for the dry run and the logs
-    job: JobRecord | None = None  # batch: a job submitted earlier, resumed instead of paid again
-
-    @property
-    def symbols(self) -> tuple[str, ...]:
-        return tuple(member.symbol for member in self.members)
 
 
 UNKNOWN_SYMBOL = "unknown to the dataset"
@@ -196,29 +157,64 @@ def plan_universe(
     a job recorded as failed (unusable files) stops the run, unless `engine` is "stream" or
     `force` is set: then its products are planned without it.
     """
-    available = client.dataset_range(dataset)
     failures: dict[tuple[str, int], Failure] = {}
+    spans = clamped_spans(client, dataset, pending, failures)
+    answers = resolve_all(client, dataset, pending, spans, failures)
+    members = resolved_members(dataset, pending, spans, answers, failures)
+    members = [m for m in members if (m.symbol, m.year) not in failures]
+    folders = {(folder.symbol, folder.year): folder for folder, _ in pending}
+    resumed, members = resume_recorded_jobs(
+        client, dataset, members, folders, dry_run=dry_run, skip_failed=engine == "stream" or force
+    )
+    batches = group_members(members, group_size)
+    groups = estimate_groups(client, dataset, batches, chunking)
+    groups = [with_engine(group, engine, batch_above, chunking) for group in groups]
+    numbered = [replace(group, number=n) for n, group in enumerate(resumed + groups, start=1)]
+    return UniversePlan(numbered, list(failures.values()))
+
+
+def clamped_spans(
+    client: MetadataClient,
+    dataset: str,
+    pending: list[tuple[YearFolder, Product]],
+    failures: dict[tuple[str, int], Failure],
+) -> dict[tuple[int, Product], TimeRange]:
+    """Each (year, product) cut to what the dataset holds; a year it holds none of fails its
+    symbol-years (NO_DATA)."""
+    available = client.dataset_range(dataset)
     spans: dict[tuple[int, Product], TimeRange] = {}
     for folder, product in pending:
-        key = (folder.year, product)
-        if key in spans:
+        year_product = (folder.year, product)
+        if year_product in spans:
             continue
         try:
             schema_range = available.get(product.schema, available["*"])
-            spans[key] = clamp_year(folder.year, schema_range, dataset, product.schema)
+            spans[year_product] = clamp_year(folder.year, schema_range, dataset, product.schema)
         except InvalidInputError as exc:
             failures.setdefault(
                 (folder.symbol, folder.year),
                 Failure(folder.symbol, folder.year, str(exc), reason=NO_DATA),
             )
-    answers = resolve_all(client, dataset, pending, spans, failures)
+    return spans
+
+
+def resolved_members(
+    dataset: str,
+    pending: list[tuple[YearFolder, Product]],
+    spans: dict[tuple[int, Product], TimeRange],
+    answers: dict[tuple[TimeRange, str], dict[str, Any]],
+    failures: dict[tuple[str, int], Failure],
+) -> list[ProductPlan]:
+    """Each product as symbology resolves it: its range cut to where the symbol is listed; a
+    symbol listed nowhere in it fails its symbol-year (UNKNOWN_SYMBOL)."""
     members: list[ProductPlan] = []
     for folder, product in pending:
         span = spans.get((folder.year, product))
         if span is None or (folder.symbol, folder.year) in failures:
             continue
-        answer = answers[(span, folder.symbol)]
-        covered = resolved_span(answer, folder.symbol, span)
+        symbol = folder.symbol
+        answer = answers[(span, symbol)]
+        covered = resolved_span(answer, symbol, span)
         if covered is None:
             failures[(folder.symbol, folder.year)] = Failure(
                 folder.symbol,
@@ -236,24 +232,18 @@ def plan_universe(
             )
         members.append(
             ProductPlan(
-                folder=folder,
+                symbol=folder.symbol,
+                year=folder.year,
                 product=product,
                 span=covered,
-                instrument_ids=sorted({item["s"] for item in answer["result"][folder.symbol]}),
+                instrument_ids=tuple(
+                    sorted({item["s"] for item in answer["result"][folder.symbol]})
+                ),
                 header=predicted_header(answer, folder.symbol, covered),
-                listed=listed_periods(answer, folder.symbol, covered),
+                listed=tuple(listed_periods(answer, folder.symbol, covered)),
             )
         )
-    members = [m for m in members if (m.symbol, m.year) not in failures]
-    from backend.jobs.engines.batch import resume_recorded_jobs
-
-    resumed, members = resume_recorded_jobs(
-        client, dataset, members, dry_run=dry_run, skip_failed=engine == "stream" or force
-    )
-    groups = estimate_groups(client, dataset, group_members(members, group_size), chunking)
-    groups = [with_engine(group, engine, batch_above, chunking) for group in groups]
-    numbered = [replace(group, number=n) for n, group in enumerate(resumed + groups, start=1)]
-    return UniversePlan(numbered, list(failures.values()))
+    return members
 
 
 def with_engine(
@@ -264,7 +254,7 @@ def with_engine(
     if chosen == "stream":
         return replace(group, why=why)
     files = split_range(group.span, split_duration(chunking))
-    return replace(group, engine="batch", why=why, chunks=files)
+    return replace(group, engine="batch", why=why, chunks=tuple(files))
 
 
 def resolve_all(
@@ -336,10 +326,11 @@ def estimate_groups(
         listed = [period for member in batch for period in member.listed]
         group = GroupPlan(
             number=number,
+            dataset=dataset,
             product=first.product,
             span=first.span,
-            members=batch,
-            chunks=split_listed(first.span, listed, chunk_unit(chunking, size)),
+            members=tuple(batch),
+            chunks=tuple(split_listed(first.span, listed, chunk_unit(chunking, size))),
             estimated_bytes=size,
             estimated_usd=cost,
         )
@@ -382,8 +373,3 @@ def check_budget(plan: UniversePlan, max_cost: float | None) -> None:
             "(--max-cost / DATABENTO_MAX_COST): "
             "raise the budget, fetch fewer products, or use --dry-run to review the plan"
         )
-
-
-def usd(value: float) -> str:
-    """Cents for real amounts; sub-cent estimates keep their digits so they never read $0.00."""
-    return f"${value:,.2f}" if value >= 0.01 or value == 0 else f"${value:.2g}"
