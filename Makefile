@@ -12,12 +12,12 @@ universe = $(if $(SYMBOL),--symbol "$(SYMBOL)") $(if $(YEAR),--year "$(YEAR)") \
 flags = $(if $(call truthy,$(FORCE)),--force) $(if $(call truthy,$(DRY_RUN)),--dry-run) \
 	$(if $(DATASET),--dataset "$(DATASET)") $(if $(ENGINE),--engine "$(ENGINE)")
 
-.PHONY: data demo demo-s3 test lint status verify bench clean-venv
+.PHONY: data demo demo-s3 demo-cluster test lint status verify bench clean-venv
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[sandbox]' --group dev
+	$(BIN)/python -m pip install --quiet -e '.[sandbox,cluster]' --group dev
 	touch $(READY)
 
 data: $(READY)
@@ -29,6 +29,9 @@ demo: $(READY)
 
 demo-s3: $(READY)
 	$(BIN)/invoke demo --s3
+
+demo-cluster: $(READY)
+	$(BIN)/invoke demo-cluster
 
 test: $(READY)
 	$(BIN)/invoke test

@@ -22,7 +22,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".[sandbox]", *nox.project.dependency_groups(PYPROJECT, "test", "tasks"))
+    groups = nox.project.dependency_groups(PYPROJECT, "test", "tasks")
+    session.install("-e", ".[sandbox,cluster]", *groups)
     # Most of the suite waits on loopback servers and subprocesses, not on the CPU: four
     # workers on two cores finish it in well under half the time of one.
     args = session.posargs or ["-n", "4"]

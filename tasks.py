@@ -90,6 +90,12 @@ def demo(c, s3=False):
     _run(c, f"{PYTHON} -m backend.demo{' --s3' if s3 else ''}")
 
 
+@task(name="demo-cluster")
+def demo_cluster(c):
+    """A 6-symbol x 2-year universe on a local Dask scheduler and two workers, into a bucket."""
+    _run(c, f"{PYTHON} -m backend.demo_cluster")
+
+
 @task
 def lint(c):
     """ruff check and ruff format --check, in nox's isolated environment."""

@@ -121,6 +121,11 @@ def main() -> None:
                 "jobs": scenarios.BATCH_JOBS,
                 "kill_fraction": scenarios.BATCH_KILL_FRACTION,
             },
+            "flat": {
+                "symbols": scenarios.FLAT_SYMBOLS_QUICK if args.quick else scenarios.FLAT_SYMBOLS,
+                "records_per_day": scenarios.FLAT_RECORDS_PER_DAY,
+                "variants": {name: list(extra) for name, extra in scenarios.FLAT_VARIANTS.items()},
+            },
             "s3": {
                 "throttle_bytes_per_s": scenarios.S3_THROTTLE_BYTES_PER_S,
                 "data_dir": f"s3://{scenarios.S3_BUCKET}/{scenarios.S3_PREFIX}",

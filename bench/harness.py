@@ -41,6 +41,7 @@ class BenchError(RuntimeError):
 class Measurement:
     wall_s: float
     peak_rss_mb: float  # 10**6 bytes
+    cpu_s: float = 0.0  # the command's own user + system CPU
 
     def as_json(self) -> dict[str, float]:
         return {key: round(value, 4) for key, value in asdict(self).items()}
@@ -51,17 +52,18 @@ def measure(argv: Sequence[str], *, env: dict[str, str], log: Path) -> Measureme
     run = run_watched(argv, env=env, log=log)
     if run.exit_code != 0:
         raise BenchError(f"{' '.join(argv[1:5])} ... exited {run.exit_code}; see {log}")
-    return Measurement(run.wall_s, run.peak_rss_mb)
+    return Measurement(run.wall_s, run.peak_rss_mb, run.cpu_s)
 
 
 @dataclass(frozen=True)
 class Finished:
-    """How a watched command ended: its exit code (-9 when killed), wall time, peak RSS."""
+    """How a watched command ended: its exit code (-9 when killed), wall time, peak RSS, CPU."""
 
     exit_code: int
     killed: bool
     wall_s: float
     peak_rss_mb: float
+    cpu_s: float = 0.0
 
 
 def run_watched(
@@ -108,13 +110,15 @@ def run_watched(
         if killed:
             out.write(b"[bench: killed with SIGKILL]\n")
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
-    return Finished(proc.returncode, killed, wall, usage.ru_maxrss * 1024 / 1e6)  # KiB on Linux
+    rss_mb = usage.ru_maxrss * 1024 / 1e6  # KiB on Linux
+    return Finished(proc.returncode, killed, wall, rss_mb, usage.ru_utime + usage.ru_stime)
 
 
 def median_of(runs: list[Measurement]) -> Measurement:
     return Measurement(
         statistics.median(run.wall_s for run in runs),
         statistics.median(run.peak_rss_mb for run in runs),
+        statistics.median(run.cpu_s for run in runs),
     )
 
 
@@ -195,6 +199,7 @@ def universe_sandbox(
     throttle_bytes_per_s: int | None,
     latency_s: float,
     prewarm_years: Sequence[int] = (),
+    prewarm_schemas: str = "trades,tbbo",
 ) -> Iterator[Gateway]:
     """The sandbox with SYM000 ... SYM{symbols-1} (`python -m bench.universe_sandbox`).
 
@@ -209,6 +214,7 @@ def universe_sandbox(
         argv += ["--throttle-bytes-per-s", str(throttle_bytes_per_s)]
     for year in prewarm_years:
         argv += ["--prewarm-year", str(year)]
+    argv += ["--prewarm-schemas", prewarm_schemas]
     with _server(argv, state_dir, start_timeout_s=PREWARM_START_TIMEOUT_S) as gateway:
         yield gateway
 

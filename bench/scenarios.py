@@ -30,6 +30,7 @@ import zstandard
 from bench.harness import (
     PYTHON,
     REPO,
+    BenchError,
     Finished,
     Gateway,
     Measurement,
@@ -85,6 +86,17 @@ S3_WALL_TARGET = 1.3  # s3 wall over local wall, downloading the year
 S3_RSS_LIMIT_MB = 250.0
 S3_CACHED_TARGET = 3.0  # s3 cached re-run over the local cached re-run (medians)
 TRADES_KEY = "raw/databento/AAPL/2023/TRADES.dbn.zst"
+
+# The flat cost per symbol-year (scenario 14): tiny symbol-years of trades, a warm stand-in with
+# no latency or throttle, so what is measured is the client's own work per symbol-year-product.
+FLAT_SYMBOLS = (100, 1_000, 3_000)
+FLAT_SYMBOLS_QUICK = (10, 100, 300)
+FLAT_RECORDS_PER_DAY = 20  # ~0.14 MB of zstd trades per symbol-year
+FLAT_CPU_TARGET_MS = 3.0  # client CPU per symbol-year-product
+FLAT_GROWTH_TARGET = 10.5  # wall of 10x the symbols over the wall of 1x
+# How the universe command runs: in this process, or (a hook for the cluster runner) e.g.
+# {"--cluster local:2": ("--cluster", "local:2")}; each variant gets its own rows.
+FLAT_VARIANTS: dict[str, tuple[str, ...]] = {"in-process": ()}
 MANIFEST_NAME = "manifest.json"
 
 
@@ -454,6 +466,81 @@ class Bench:
             f"{UNIVERSE_YEAR} {UNIVERSE_PRODUCTS.replace(',', '+')}"
         )
         return [Row(name, _mb(big), _mb(small), ratio, f"<= {UNIVERSE_RSS_LIMIT_MB:.0f} MB", met)]
+
+    # the flat cost per symbol-year
+
+    def flat_cost(self) -> list[Row]:
+        """Client CPU and wall per symbol-year-product at 100, 1,000 and 3,000 tiny symbols
+        (the default --chunk auto, trades), and the wall's growth from 100 to 1,000."""
+        sizes = FLAT_SYMBOLS_QUICK if self.quick else FLAT_SYMBOLS
+        state_dir = self._path("flat-server")
+        with universe_sandbox(
+            state_dir,
+            symbols=max(sizes),
+            records_per_day=FLAT_RECORDS_PER_DAY,
+            throttle_bytes_per_s=None,
+            latency_s=0.0,
+            prewarm_years=[UNIVERSE_YEAR],
+            prewarm_schemas="trades",
+        ) as gateway:
+            rows: list[Row] = []
+            for variant, extra in FLAT_VARIANTS.items():
+                self._flat_run(gateway, 5, extra)  # warm: bytecode, page cache, the stand-in
+                runs = {n: self._flat_run(gateway, n, extra) for n in sizes}
+                rows += self._flat_rows(variant, runs)
+        return rows
+
+    def _flat_run(self, gateway: Gateway, symbols: int, extra: tuple[str, ...]) -> Measurement:
+        names = [f"SYM{i:03d}" for i in range(symbols)]
+        listed = self.work / f"flat-symbols-{symbols}.txt"
+        listed.write_text("".join(f"{name}\n" for name in names))
+        target = self._path(f"flat-{symbols}")
+        argv = universe_argv(target, listed, products="trades", year=UNIVERSE_YEAR)
+        run = measure([*argv, *extra], env=gateway.env(), log=self.log)
+        files = sum(1 for _ in _dbn_files(target / "raw" / "databento"))
+        if files != symbols:
+            raise BenchError(f"flat cost: {files} files for {symbols} symbols; see {self.log}")
+        _remove(target)
+        self.measurements[f"flat cost symbols={symbols} {' '.join(extra) or 'in-process'}"] = {
+            **run.as_json(),
+            "cpu_ms_per_symbol_year_product": round(1000 * run.cpu_s / symbols, 2),
+            "wall_ms_per_symbol_year_product": round(1000 * run.wall_s / symbols, 2),
+            "records_per_day": FLAT_RECORDS_PER_DAY,
+        }
+        return run
+
+    def _flat_rows(self, variant: str, runs: dict[int, Measurement]) -> list[Row]:
+        rows = []
+        for n, run in runs.items():
+            cpu_ms, wall_ms = 1000 * run.cpu_s / n, 1000 * run.wall_s / n
+            name = f"14. {n:,} tiny sym x {UNIVERSE_YEAR} trades, {variant}: per sym-year-product"
+            ours = f"{cpu_ms:.1f} ms CPU"
+            met = cpu_ms <= FLAT_CPU_TARGET_MS
+            rows.append(Row(name, ours, f"{wall_ms:.1f} ms wall", None, "<= 3 ms CPU", met))
+        small, big = sorted(runs)[:2]
+        ratio = runs[big].wall_s / runs[small].wall_s
+        marginal_ms = 1000 * (runs[big].cpu_s - runs[small].cpu_s) / (big - small)
+        rows.append(
+            Row(
+                f"14. marginal CPU per sym-year-product, {small:,} -> {big:,} symbols, {variant}",
+                f"{marginal_ms:.1f} ms CPU",
+                "-",
+                None,
+                "<= 3 ms CPU",
+                marginal_ms <= FLAT_CPU_TARGET_MS,
+            )
+        )
+        rows.append(
+            Row(
+                f"14. wall {big:,} / {small:,} symbols, {variant}",
+                _s(runs[big]),
+                _s(runs[small]),
+                ratio,
+                f"<= {FLAT_GROWTH_TARGET:g}",
+                ratio <= FLAT_GROWTH_TARGET,
+            )
+        )
+        return rows
 
     # the batch engine scenarios
 
@@ -857,6 +944,7 @@ SCENARIOS = {
     11: Bench.s3_vs_local,
     12: Bench.s3_memory,
     13: Bench.s3_cached_rerun,
+    14: Bench.flat_cost,
 }
 
 

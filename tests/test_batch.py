@@ -92,7 +92,17 @@ def test_force_downloads_the_recorded_job_again_without_a_new_submit(gateway, cl
 
 def test_auto_uses_batch_only_above_the_threshold(gateway, cli, data_dir):
     """--engine auto: a 1 KB threshold sends the year to a batch job, the default streams it."""
-    args = ("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+    args = (
+        "data",
+        "--symbol",
+        "AAPL",
+        "--year",
+        "2023",
+        "--products",
+        "trades",
+        "--chunk",
+        "month",
+    )
     streamed = cli(*args)
     assert streamed.exit_code == 0, streamed.output
     assert gateway.count(SUBMIT) == 0

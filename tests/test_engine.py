@@ -17,7 +17,9 @@ from backend.sandbox import Fault, expected_records
 from tests.helpers import completions, decompressed, leftovers, plain_get_range, year_folder
 
 MARCH = "2023-03-01"
+# month chunks: these tests cut, kill and resume a year between its 12 requests
 AAPL_TRADES_2023 = ("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+AAPL_TRADES_2023 += ("--chunk", "month")
 
 
 def starts(gateway) -> collections.Counter[str]:

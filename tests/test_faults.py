@@ -20,7 +20,18 @@ from tests.helpers import completions, decompressed, leftovers, plain_get_range,
 
 GET_RANGE = "timeseries.get_range"
 MARCH = "2023-03-01"
-TRADES_2023 = ("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+# month chunks: the faults below hit one of a year's 12 requests
+TRADES_2023 = (
+    "data",
+    "--symbol",
+    "AAPL",
+    "--year",
+    "2023",
+    "--products",
+    "trades",
+    "--chunk",
+    "month",
+)
 METADATA_ENDPOINTS = (
     "metadata.get_dataset_range",
     "symbology.resolve",
@@ -161,7 +172,9 @@ def test_gap_in_the_listing_is_never_requested(gateway, cli, data_dir, tmp_path)
         "GAPCO",
         [(date(2000, 1, 1), date(2023, 3, 1), 501), (date(2023, 9, 1), date(2100, 1, 1), 502)],
     )
-    result = cli("data", "--symbol", "GAPCO", "--year", "2023", "--products", "trades")
+    result = cli(
+        "data", "--symbol", "GAPCO", "--year", "2023", "--products", "trades", "--chunk", "month"
+    )
     assert result.exit_code == 0, result.output
     asked = sorted(r.params["start"][:7] for r in gateway.requests if r.endpoint == GET_RANGE)
     assert asked == ["2023-01", "2023-02", "2023-09", "2023-10", "2023-11", "2023-12"]

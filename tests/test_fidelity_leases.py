@@ -213,7 +213,7 @@ def test_two_runs_in_separate_pid_namespaces_on_one_prefix_download_once(
     def command(work: str) -> list[str]:
         return [
             *(sys.executable, "-m", "backend.jobs.cli", "data", "--symbol", "AAPL"),
-            *("--year", "2023", "--products", "trades"),
+            *("--year", "2023", "--products", "trades", "--chunk", "month"),
             *("--data-dir", URL, "--work-dir", str(tmp_path / work)),
         ]
 

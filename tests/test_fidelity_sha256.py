@@ -31,7 +31,9 @@ from backend.jobs.store.local import LocalStore
 from backend.sandbox import Fault
 from tests.helpers import decompressed, plain_get_range, year_folder
 
+# month chunks: these tests cut, kill and resume a year between its 12 requests
 AAPL_TRADES_2023 = ("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
+AAPL_TRADES_2023 += ("--chunk", "month")
 GET_RANGE = "timeseries.get_range"
 RECORD_SIZE = 48  # TradeMsg
 PREFIX = struct.Struct("<3sBI")  # DBN magic, version, metadata length

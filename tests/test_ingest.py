@@ -65,7 +65,8 @@ def test_data_force_downloads_again(gateway, cli, data_dir):
     """--force re-fetches a cached product."""
     cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades")
     gateway.reset()
-    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades", "--force")
+    again = ("data", "--symbol", "AAPL", "--year", "2023", "--products", "trades", "--force")
+    result = cli(*again, "--chunk", "month")
     assert result.exit_code == 0
     assert gateway.count("timeseries.get_range") == 12
     assert completions(result.stdout)[0]["status"] == "downloaded"

@@ -39,8 +39,9 @@ YEAR_2023 = ("2023-01-01T00:00:00Z", "2024-01-01T00:00:00Z")
 
 
 def ingest(cli, symbol: str = "AAPL", year: str = "2025", products: str = "trades,tbbo", *extra):
-    """Run `data` and insist it succeeded (2025 is the short year: 5 monthly chunks)."""
-    result = cli("data", "--symbol", symbol, "--year", year, "--products", products, *extra)
+    """Run `data` in month chunks and insist it succeeded (2025 is the short year: 5 chunks)."""
+    args = ("data", "--symbol", symbol, "--year", year, "--products", products, "--chunk", "month")
+    result = cli(*args, *extra)
     assert result.exit_code == 0, result.output
     return result
 
@@ -112,7 +113,7 @@ def test_dry_run_sends_only_metadata_requests_and_writes_nothing(gateway, cli, d
 def test_dry_run_estimate_matches_what_the_server_prices(gateway, cli, data_dir, api_key):
     """The printed bytes and USD are the server's own numbers for the clamped range."""
     gateway.price_per_gb = PRICE_PER_GB
-    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--dry-run")
+    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--dry-run", "--chunk", "month")
     assert result.exit_code == 0, result.output
     lines = preflights(result.stdout)
     rows = {row[0]: row for row in table_rows(result.stdout)}
@@ -177,7 +178,9 @@ def test_max_cost_below_estimate_exits_2_naming_the_estimate(gateway, cli, data_
 def test_max_cost_above_estimate_downloads(gateway, cli, data_dir):
     """A budget above the estimate does not get in the way."""
     gateway.price_per_gb = PRICE_PER_GB
-    result = cli("data", "--symbol", "AAPL", "--year", "2023", "--max-cost", "10")
+    result = cli(
+        "data", "--symbol", "AAPL", "--year", "2023", "--max-cost", "10", "--chunk", "month"
+    )
     assert result.exit_code == 0, result.output
     assert gateway.count(GET_RANGE) == 24
     assert sorted(p.name for p in year_folder(data_dir).glob("*.dbn.zst")) == [
@@ -337,7 +340,17 @@ def test_progress_absent_when_stdout_is_not_a_terminal(gateway, cli, data_dir):
 def spawn_cli(slow_gateway, data_dir: Path, *extra: str, term: str = "xterm") -> pexpect.spawn:
     env = {**slow_gateway.env, "TERM": term, "DATA_DIR": str(data_dir)}
     env.pop("NO_COLOR", None)
-    args = ["-m", "backend.jobs.cli", "data", "--symbol", "AAPL", "--year", "2025"]
+    args = [
+        "-m",
+        "backend.jobs.cli",
+        "data",
+        "--symbol",
+        "AAPL",
+        "--year",
+        "2025",
+        "--chunk",
+        "month",
+    ]
     return pexpect.spawn(
         sys.executable,
         [*args, "--products", "trades", *extra],

@@ -210,18 +210,15 @@ def test_universe_is_the_cross_product_without_repeats(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("size", "unit"),
-    [
-        (0, "year"),
-        (200 * 2**20, "year"),
-        (2 * 2**30, "month"),
-        (10 * 2**30, "week"),
-        (20 * 2**30, "day"),
-    ],
+    ("requests", "unit"),
+    [(0, "year"), (1, "year"), (1.01, "month"), (12, "month"), (13, "week"), (53, "day")],
 )
-def test_auto_chunking_picks_the_unit_by_estimated_bytes(size, unit):
-    """About 256 MB per request: a small year is one request, a huge one is cut in days."""
-    from backend.jobs.core.ranges import chunk_unit
+def test_auto_chunking_picks_the_unit_by_estimated_bytes(requests, unit):
+    """About AUTO_REQUEST_BYTES (128 MiB) per request: a small year is one request, a huge one
+    is cut in days."""
+    from backend.jobs.core.ranges import AUTO_REQUEST_BYTES, chunk_unit
 
+    assert AUTO_REQUEST_BYTES == 128 * 2**20
+    size = int(requests * AUTO_REQUEST_BYTES)
     assert chunk_unit("auto", size) == unit
     assert chunk_unit("week", size) == "week"

@@ -238,7 +238,7 @@ def test_a_live_lease_of_another_machine_is_waited_for_then_refused(gateway, s3,
 
 def test_a_stale_multipart_upload_does_not_hold_up_the_next_run(gateway, s3, cli, tmp_path):
     """An upload a killed run left unfinished is invisible: the next run publishes the object
-    whole (the leftover is the bucket lifecycle rule's to remove, docs/s3.md)."""
+    whole (the leftover is the bucket lifecycle rule's to remove, docs/cache.md#s3)."""
     s3.client().create_multipart_upload(Bucket=BUCKET, Key=TRADES_KEY)
     result = run_s3(cli, tmp_path / "work")
     assert result.exit_code == 0, result.output
@@ -273,6 +273,7 @@ def command(work: Path) -> list[str]:
     return [
         *(sys.executable, "-m", "backend.jobs.cli", "data", "--symbol", "AAPL", "--year", "2023"),
         *("--products", "trades", "--data-dir", URL, "--work-dir", str(work)),
+        *("--chunk", "month"),  # 12 requests: a kill lands between them
     ]
 
 

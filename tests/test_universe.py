@@ -57,7 +57,7 @@ def test_universe_files_equal_single_symbol_requests(gateway, cli, data_dir, tmp
 def test_universe_sends_one_request_per_group_chunk(gateway, cli, data_dir):
     """Four symbols x 12 months x 2 products: 24 requests, not 96."""
     add_tricky_symbols(gateway)
-    result = cli("data", "--symbols", ",".join(FULL_YEAR), "--year", "2023")
+    result = cli("data", "--symbols", ",".join(FULL_YEAR), "--year", "2023", "--chunk", "month")
     assert result.exit_code == 0, result.output
     asked = get_ranges(gateway)
     assert len(asked) == 24
@@ -71,7 +71,7 @@ def test_group_size_bounds_the_symbols_per_request(gateway, cli, data_dir):
     add_tricky_symbols(gateway)
     result = cli(
         *("data", "--symbols", ",".join(FULL_YEAR), "--year", "2023", "--products", "trades"),
-        *("--group-size", "2"),
+        *("--group-size", "2", "--chunk", "month"),
     )
     assert result.exit_code == 0, result.output
     assert {len(symbols) for symbols in get_ranges(gateway)} == {2}
@@ -169,7 +169,7 @@ def test_universe_dry_run_lists_each_symbol_year_and_the_total(gateway, cli, dat
     for index in range(30):
         gateway.add_symbol(f"SYM{index:02d}", [(date(2000, 1, 1), date(2100, 1, 1), 5000 + index)])
     symbols = ",".join(f"SYM{index:02d}" for index in range(30))
-    result = cli("data", "--symbols", symbols, "--year", "2025", "--dry-run")
+    result = cli("data", "--symbols", symbols, "--year", "2025", "--dry-run", "--chunk", "month")
     assert result.exit_code == 0, result.output
     assert "more rows" in result.stdout
     assert "60 symbol-year-products in 2 groups, 10 requests" in result.stdout

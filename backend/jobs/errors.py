@@ -88,3 +88,23 @@ class CorruptFileError(IngestError):
 
 class DiskFullError(IngestError):
     """The cache's disk (or quota) is full."""
+
+
+class NotCachedError(IngestError):
+    """A symbol-year-product the cache does not hold (no file, or no manifest entry for it):
+    exit 1. `command` is the one that fetches it."""
+
+    def __init__(self, message: str, command: str) -> None:
+        super().__init__(message)
+        self.command = command
+
+
+class IntegrityError(IngestError):
+    """A cached file that does not hash to its manifest entry's sha256, or does not decode:
+    exit 1. Names the file and both hashes."""
+
+    def __init__(self, message: str, *, path: str, expected: str, actual: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.expected = expected
+        self.actual = actual

@@ -49,6 +49,7 @@ from backend.jobs.store.base import Store, sha256_of
 
 if TYPE_CHECKING:
     from backend.jobs.core.dbn import StreamSummary
+    from backend.jobs.core.work import RunConfig
     from backend.jobs.engines.runtime import Runtime
     from backend.jobs.plan.preflight import Failure, UniversePlan
 
@@ -450,6 +451,7 @@ def fetch_pending(
     from backend.jobs.plan.preflight import UniversePlan, check_budget, plan_universe
 
     gateway, budget = settings.gateway_url(), settings.budget()  # input errors first
+    cluster = settings.cluster()
     key = settings.require_key()
     policy = RetryPolicy(retries=request.retries)
     client = client_factory(key, gateway, timeout_s=request.timeout_s, policy=policy, stop=stop)
@@ -476,12 +478,26 @@ def fetch_pending(
     try:
         location = settings.store_location()
         config = RunConfig.of(request, store=location, work_dir=work_root, gateway=gateway)
-        runtime = Runtime(config, client, store, stop, policy, progress)
-        for result in fetch(request, plan, runtime):
+        if cluster is not None:
+            results = fetch_on(cluster, plan, config, store, progress)
+        else:
+            results = fetch(request, plan, Runtime(config, client, store, stop, policy, progress))
+        for result in results:
             answers.add(result)
     except IngestError as exc:  # reported with what it left; the caller exits
         return plan, exc
     return plan, None
+
+
+def fetch_on(
+    cluster: str, plan: UniversePlan, config: RunConfig, store: Store, progress: Progress
+) -> Iterator[ProductResult]:
+    """--cluster: each group's product as a Dask task (Dask imported only now)."""
+    from backend.jobs.engines.cluster import fetch_on_cluster
+
+    if not plan.groups:
+        return iter(())
+    return fetch_on_cluster(cluster, list(plan.groups), config, store, progress)
 
 
 def check_destinations(

@@ -19,6 +19,7 @@ from backend.jobs.errors import IngestError, InvalidInputError
 
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 API_KEY_ENV = "DATABENTO_API_KEY"
+CLUSTER_ENV = "DASK_SCHEDULER_ADDRESS"  # Dask's own variable: --cluster's default
 API_KEY_SHAPE = re.compile(r"db-[A-Za-z0-9]{29}(?![A-Za-z0-9])", re.IGNORECASE)
 
 
@@ -43,6 +44,7 @@ class Settings:
     cache_home: Path = Path("~/.cache")  # XDG_CACHE_HOME: the default work dir lives there
     aws_http_endpoint: bool = False  # AWS_ENDPOINT_URL is plain http (a local S3 server)
     aws_profile: bool = False  # credentials come from ~/.aws profiles (boto3's chain)
+    cluster_text: str | None = None  # --cluster, else DASK_SCHEDULER_ADDRESS: where work runs
 
     @classmethod
     def from_env(
@@ -53,6 +55,7 @@ class Settings:
         data_dir: str | Path | None = None,
         max_cost: float | None = None,
         work_dir: str | None = None,
+        cluster: str | None = None,
     ) -> Settings:
         """Flags win over the environment, which wins over the defaults; empty means unset."""
         env = os.environ if environ is None else environ
@@ -78,6 +81,7 @@ class Settings:
             aws_http_endpoint=endpoint.strip().lower().startswith("http://"),
             aws_profile=uses_aws_profile(env),
             cache_home=Path(env.get("XDG_CACHE_HOME") or "~/.cache").expanduser(),
+            cluster_text=(cluster or "").strip() or env.get(CLUSTER_ENV, "").strip() or None,
         )
 
     def store_location(self) -> StoreLocation:
@@ -153,6 +157,11 @@ class Settings:
             )
         return self.api_key
 
+    def cluster(self) -> str | None:
+        """Where the downloads run: None (this process), `local[:N]` or a scheduler's
+        tcp://HOST:PORT; refused (exit 2) if it is none of them."""
+        return parse_cluster(self.cluster_text)
+
     def gateway_url(self) -> str | None:
         """The gateway as the SDK wants it; refused (exit 2) before any connection if malformed."""
         return normalize_gateway(self.gateway_text, self.api_key.reveal() if self.api_key else "")
@@ -188,6 +197,27 @@ def uses_aws_profile(env: Mapping[str, str]) -> bool:
         env.get("AWS_CONFIG_FILE") or "~/.aws/config",
     )
     return any(Path(name).expanduser().is_file() for name in files)
+
+
+def parse_cluster(raw: str | None) -> str | None:
+    """`local`, `local:N` (N worker processes) or `tcp://HOST:PORT` / `tls://HOST:PORT`."""
+    if raw is None:
+        return None
+    text = raw.strip()
+    head, _, count = text.partition(":")
+    if head.lower() == "local" and (not count or (count.isdigit() and 1 <= int(count) <= 256)):
+        return text.lower()
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme in {"tcp", "tls"} and parts.hostname and port and parts.path in {"", "/"}:
+        return f"{parts.scheme}://{parts.netloc}"
+    raise InvalidInputError(
+        f"--cluster {text!r} is not a Dask scheduler address: use tcp://HOST:PORT (e.g. "
+        "tcp://10.0.0.5:8786), local or local:N (N worker processes on this machine)"
+    )
 
 
 def valid_budget(value: float, source: str) -> float:

@@ -7,6 +7,7 @@ other's entries. It never contains the API key.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -121,7 +122,7 @@ def product_entry(
         last_ts_recv=stamp(content.last_ts_recv),
         request=request,
         chunks=tuple(sorted(chunks, key=lambda chunk: chunk.span)),
-        versions=versions(),
+        versions=dict(versions()),
         created_at=now_iso(),
         engine=engine,
         batch=batch,
@@ -129,7 +130,10 @@ def product_entry(
     )
 
 
+@functools.cache
 def versions() -> dict[str, str]:
+    """The versions that wrote a file, read once per process (importlib.metadata parses every
+    installed distribution's metadata: ~2 ms a call, once per product otherwise)."""
     from importlib.metadata import PackageNotFoundError, version  # slow to import: only here
 
     import zstandard

@@ -63,6 +63,7 @@ Environment:
   DATABENTO_ENGINE    auto, stream or batch (--engine wins)
   DATABENTO_MAX_COST  budget in USD (--max-cost wins)
   DATA_DIR            cache root (default: the repository's data/)
+  DASK_SCHEDULER_ADDRESS  a Dask scheduler to run the downloads on (--cluster wins)
 """
 
 app = typer.Typer(
@@ -184,10 +185,10 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     chunk: Annotated[
         str,
         typer.Option(
-            help="Request size: month, week or day (smaller resumes finer), or auto: "
-            "by the estimated bytes of each request (~256 MB), a whole year when small."
+            help="Request size: auto (default): by the estimated bytes of each request "
+            "(~128 MiB), a whole year when small; or month, week or day (smaller resumes finer)."
         ),
-    ] = "month",
+    ] = "auto",
     jobs: Annotated[int, typer.Option(min=1, max=32, help="Concurrent chunk downloads.")] = 4,
     retries: Annotated[
         int,
@@ -249,6 +250,16 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
             show_default=False,
         ),
     ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the downloads on a Dask cluster: tcp://HOST:PORT of its scheduler (workers "
+            "need DATABENTO_API_KEY in their own environment and a data dir they all see), or "
+            "local[:N] for N worker processes here [env DASK_SCHEDULER_ADDRESS; default: this "
+            "process].",
+            show_default=False,
+        ),
+    ] = None,
     log_json: Annotated[bool, typer.Option(help="One JSON object per log line.")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
     verbose: Annotated[
@@ -269,7 +280,7 @@ def data(  # noqa: PLR0917  Typer maps each parameter to a flag
     """
     level = "DEBUG" if verbose else "SUCCESS" if quiet else log_level.upper()
     settings = Settings.from_env(
-        gateway=gateway, data_dir=data_dir, max_cost=max_cost, work_dir=work_dir
+        gateway=gateway, data_dir=data_dir, max_cost=max_cost, work_dir=work_dir, cluster=cluster
     )
     _start_logging(level, log_json, settings)
     with exit_codes():
@@ -504,6 +515,46 @@ def verify(
     logger.info("verified {}: {} ok, {} bad", counted(len(items), "file"), len(items) - bad, bad)
     if bad:
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command(
+    epilog="\b\nExamples:\n  bento-ingest path AAPL 2023\n"
+    "  bento-ingest path AAPL 2023 --product tbbo --data-dir s3://bucket/cache\n\n"
+    "\b\nExit codes: 0 printed, 1 not cached (the line names the command that fetches it) or "
+    "its sha256 does not match the manifest (the line names the file), 2 invalid input.",
+)
+def path(  # noqa: PLR0917  Typer maps each parameter to an argument or flag
+    symbol: Annotated[
+        str, typer.Argument(metavar="SYMBOL", help="Ticker, e.g. AAPL.", show_default=False)
+    ],
+    year: Annotated[
+        str, typer.Argument(metavar="YEAR", help="Calendar year, e.g. 2023.", show_default=False)
+    ],
+    product: Annotated[str, typer.Option(help="trades or tbbo.")] = "trades",
+    dataset: Annotated[str, typer.Option(help="Databento dataset code.")] = "XNAS.ITCH",
+    data_dir: DataDirOption = None,
+    work_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="With an s3:// data dir: where the verified local copy is kept "
+            "[default: ~/.cache/bento-ingest/work, or under XDG_CACHE_HOME].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Print the local path of a cached file, after checking its sha256 against the manifest.
+
+    For an s3:// data dir: a local copy under the work dir, downloaded once and reused while
+    it still matches. Reads the data dir only: no Databento, no API key needed.
+    """
+    from backend.jobs.api import cached_path
+
+    setup_logging()
+    with exit_codes():
+        found = cached_path(
+            symbol, year, product, dataset=dataset, data_dir=data_dir, work_dir=work_dir
+        )
+    sys.stdout.write(f"{found}\n")
 
 
 def _version(value: bool) -> None:

@@ -59,6 +59,7 @@ class DatabentoClient:
         policy: RetryPolicy | None = None,
         stop: threading.Event | None = None,
         session: requests.Session | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         try:
             self._sdk = historical(key.reveal(), gateway, timeout_s)
@@ -67,7 +68,7 @@ class DatabentoClient:
         self._timeout_s = timeout_s
         self._policy = policy or RetryPolicy()
         self._stop = stop or threading.Event()
-        self._pacer = Pacer()
+        self._pacer = pacer or Pacer()  # a cluster worker paces its share of the rates
         self._files = FileFetcher(
             key,
             urlsplit(self._sdk.gateway).hostname,

@@ -9,12 +9,13 @@ belong to. The tool's working folders are created as real folders, never through
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
+import secrets
 import shutil
 import stat
 import threading
-import uuid
 from pathlib import Path
 
 from backend.jobs.errors import IngestError
@@ -80,9 +81,20 @@ def writable_folder(folder: Path) -> str | None:
     return None
 
 
+_unique = itertools.count()
+_unique_prefix: dict[int, str] = {}  # pid -> its 6 random hex
+
+
 def temp_path_for(final: Path) -> Path:
-    """A unique name beside `final`, so `os.replace` onto it is atomic (same filesystem)."""
-    return final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+    """A unique name beside `final`, so `os.replace` onto it is atomic (same filesystem).
+
+    12 hex: 6 random per process (drawn again after a fork) and a 6-hex counter, so a name is
+    one counter step, not one `os.urandom` call (a temp name per product and per part).
+    """
+    pid = os.getpid()
+    prefix = _unique_prefix.get(pid) or _unique_prefix.setdefault(pid, secrets.token_hex(3))
+    serial = next(_unique) & 0xFFFFFF
+    return final.with_name(f".{final.name}.{pid}-{prefix}{serial:06x}{TEMP_SUFFIX}")
 
 
 def remove_stale_temps(folder: Path, *names: str) -> int:
@@ -125,10 +137,12 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def publish(temp: Path, final: Path, *, durable: bool = True) -> None:
+def publish(temp: Path, final: Path, *, durable: bool = True, sync_folder: bool = True) -> None:
     """Make a fully written temp file visible under its final name (atomic rename).
 
-    Durable: the content is on disk before the rename and the rename before returning. Parts
+    Durable: the content is on disk before the rename and the rename before returning (unless
+    not `sync_folder`: then the caller's next durable publish in the same folder, which syncs
+    the folder, makes this rename durable with its own). Parts
     are published without it: each is decoded and checked again before it is reused, so one
     torn by a power cut is simply fetched again (and thousands of fsyncs are saved).
     """
@@ -136,7 +150,7 @@ def publish(temp: Path, final: Path, *, durable: bool = True) -> None:
         with temp.open("rb+") as handle:
             os.fsync(handle.fileno())
     temp.replace(final)
-    if durable:
+    if durable and sync_folder:
         fsync_dir(final.parent)
 
 

@@ -25,9 +25,13 @@ STYPE_OUT = "instrument_id"  # records carry instrument ids, mapped back in the 
 Chunking = Literal["month", "week", "day", "auto"]
 CHUNKINGS: tuple[str, ...] = get_args(Chunking)
 Unit = Literal["year", "month", "week", "day"]  # what `auto` resolves to
-# `auto`: calendar chunks of about this many billable (uncompressed) bytes per request, so an
-# illiquid symbol-year is one request and a cut stream of a liquid one costs little.
-AUTO_REQUEST_BYTES = 256 * 2**20
+# `auto` (the default): calendar chunks of about this many billable (uncompressed) bytes per
+# request, so an illiquid symbol-year is one request and a cut stream of a liquid one costs
+# little. Measured (docs/benchmarks.md, "Request size"): a request costs one latency round plus
+# its transfer; at 0.25 s latency and 10-20 MB/s of zstd (~2.3x) per connection, 128 MiB keeps
+# the latency under 4-8% of each request's time (256 MiB: 2-4%, 64 MiB: 8-15%), and a failed
+# request re-bills at most its own chunk (about this size, or one day when a day is larger).
+AUTO_REQUEST_BYTES = 128 * 2**20
 
 
 @dataclass(frozen=True)

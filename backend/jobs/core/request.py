@@ -43,7 +43,7 @@ class IngestRequest:
     dataset: str = "XNAS.ITCH"
     force: bool = False
     verify: bool = False
-    chunking: Chunking = "month"
+    chunking: Chunking = "auto"
     jobs: int = 4
     retries: int = 5
     timeout_s: float = DEFAULT_TIMEOUT_S

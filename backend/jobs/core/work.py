@@ -70,7 +70,7 @@ class RunConfig:
     store: StoreLocation  # the data dir: a local folder, or s3://BUCKET/PREFIX
     work_dir: Path  # local: parts and merged files before they are published (a local data dir)
     gateway: str | None = None  # None: Databento's
-    chunking: Chunking = "month"
+    chunking: Chunking = "auto"
     jobs: int = 4  # chunks (or batch files) in flight
     retries: int = 5
     timeout_s: float = DEFAULT_TIMEOUT_S

@@ -121,9 +121,13 @@ class MergedWriter:
         self._sink: HashingWriter | None = None
 
     def add(self, part: Part) -> None:
-        """Take a finished part; append every part that is now next in line."""
+        """Take a finished part; append every part that is now next in line (a lone part is
+        kept as it is: `finish` may publish it as the file itself)."""
         self.parts.append(part)
         self._waiting[self._position[part.request.span]] = part
+        if len(self._position) == 1:
+            self._next = 1
+            return
         while self._next in self._waiting:
             self._append(self._waiting.pop(self._next))
             self._next += 1
@@ -149,15 +153,26 @@ class MergedWriter:
         records = sum(part.summary.records for part in parts)
         first_ts = stamps[0].first_ts_recv if stamps else None
         last_ts = stamps[-1].last_ts_recv if stamps else None
-        sink = self._sink
-        if sink is None or self._handle is None:
-            raise RuntimeError(f"{self.final.name}: no part was appended")
-        self._handle.close()
         header = (
             self._header
             if self._header_fixed
             else encode_header(self.request, header_from_parts(parts, self.request.span))
         )
+        if len(parts) == 1 and self._sink is None:
+            lone = parts[0]
+            if header == self._header == lone.summary.metadata_bytes:
+                # a part is written in the canonical layout: behind the same header it is
+                # byte for byte the file, so it is published as it is (no copy, no re-hash)
+                self.store.publish(lone.path, self.key)
+                summary = lone.summary
+                return MergedFile(
+                    self.final, summary.bytes, summary.sha256, records, first_ts, last_ts
+                )
+            self._append(lone)
+        sink = self._sink
+        if sink is None or self._handle is None:
+            raise RuntimeError(f"{self.final.name}: no part was appended")
+        self._handle.close()
         if header != self._header or self._reframe:
             sink = self._rewrite(header)
         self.store.publish(self._temp, self.key)

@@ -65,7 +65,11 @@ class LocalStore:
         return self.path(key).open("rb")
 
     def publish(self, temp: Path, key: str) -> None:
-        publish(temp, self.path(key))
+        """The file's content is synced before the rename; the folder (the rename) is synced by
+        the manifest write that always follows in the same folder, one folder sync instead of
+        two. A power cut in between leaves no entry for the new file (its product is fetched
+        again), or an entry whose file is missing or of another size (fetched again too)."""
+        publish(temp, self.path(key), sync_folder=False)
 
     def write(self, key: str, data: bytes, *, expected: str | None) -> str:
         """Replace `key` atomically if it still holds what was read (`expected`; None: absent).

@@ -4,7 +4,7 @@ Every request goes through obstore (Rust; imported in ~20 ms, so a cached re-run
 reads, listings, conditional writes (`If-None-Match: *`, `If-Match`), and uploads, whose
 multipart upload is aborted on any failure or signal. One a `kill -9` leaves unfinished is
 invisible (the object appears only once complete) and is removed by the bucket's lifecycle rule
-for incomplete multipart uploads (docs/s3.md). Credentials, region and endpoint come from the
+for incomplete multipart uploads (docs/cache.md#s3). Credentials, region and endpoint come from the
 standard AWS configuration (environment, `AWS_ENDPOINT_URL`, web identity, instance roles;
 `~/.aws` profiles and SSO through boto3's credential chain, only when configured); nothing here
 takes or logs them. One writer per key across machines: leases (`store.leases`).
