@@ -14,6 +14,7 @@ from typer.testing import CliRunner, Result
 
 from backend.jobs.cli.app import app
 from backend.sandbox import SandboxGateway
+from backend.sandbox.s3server import LocalS3Server
 
 SANDBOX_AVAILABLE_END = datetime(2025, 6, 1, tzinfo=UTC)
 
@@ -99,3 +100,11 @@ def slow_gateway(slow_sandbox: SandboxGateway) -> ProcessGateway:
         "DATABENTO_API_KEY": "db-" + secrets.token_hex(15)[:29],
     }
     return ProcessGateway(slow_sandbox, env)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[LocalS3Server]:
+    """One local S3 server (moto in server mode on a free loopback port) for the session;
+    tests reset it through their own bucket fixtures."""
+    with LocalS3Server() as server:
+        yield server

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import databento
@@ -41,12 +40,6 @@ def cached(gateway, data_dir, cli) -> Path:
     """AAPL 2023 TRADES fetched by the CLI into DATA_DIR; the final file's path."""
     fetch(cli)
     return data_dir / TRADES
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[LocalS3Server]:
-    with LocalS3Server() as server:
-        yield server
 
 
 @pytest.fixture

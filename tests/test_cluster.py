@@ -21,7 +21,6 @@ from backend.jobs.core.locations import StoreLocation
 from backend.jobs.engines import cluster as cluster_engine
 from backend.jobs.store import open_store
 from backend.sandbox import SandboxGateway
-from backend.sandbox.s3server import LocalS3Server
 
 UNIVERSE = (
     "--symbols",
@@ -95,12 +94,6 @@ def cluster(sandbox: SandboxGateway) -> Iterator[Cluster]:
         Client(local) as client,
     ):
         yield Cluster(local.scheduler_address, client, key)
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[LocalS3Server]:
-    with LocalS3Server() as server:
-        yield server
 
 
 def objects(location: str, *, allow_http: bool = False) -> dict[str, Any]:

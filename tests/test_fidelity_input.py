@@ -23,8 +23,7 @@ from backend.jobs.errors import InvalidInputError
 from tests import test_s3
 from tests.test_s3 import BUCKET
 
-# The local S3 server's fixtures, shared with tests/test_s3.py (pytest finds them by name here).
-s3_server = test_s3.s3_server
+# The bucket fixture of tests/test_s3.py (pytest finds it by name here); the server is conftest's.
 s3 = test_s3.s3
 
 

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -131,12 +130,6 @@ def test_lease_body_round_trips_and_its_label_fools_no_older_version():
 
 
 # through the CLI and a real S3 server
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[LocalS3Server]:
-    with LocalS3Server() as server:
-        yield server
 
 
 @pytest.fixture

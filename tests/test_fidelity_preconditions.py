@@ -8,7 +8,6 @@ adoption rule itself is pure and tested as a table.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -229,14 +228,6 @@ def test_symlinked_batch_folder_is_refused_before_any_submit(
 
 
 # --work-dir, with a bucket
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[object]:
-    from backend.sandbox.s3server import LocalS3Server
-
-    with LocalS3Server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,12 +27,6 @@ URL = f"s3://{BUCKET}/{PREFIX}"
 TRADES_KEY = f"{PREFIX}/raw/databento/AAPL/2023/TRADES.dbn.zst"
 MANIFEST_KEY = f"{PREFIX}/raw/databento/AAPL/2023/manifest.json"
 GET_RANGE = "timeseries.get_range"
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[LocalS3Server]:
-    with LocalS3Server() as server:
-        yield server
 
 
 @pytest.fixture

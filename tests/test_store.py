@@ -29,12 +29,6 @@ BUCKET = "bento-store"
 LOCK = LockRequest("raw/databento/.locks/AAPL/2023/TRADES.lock", "AAPL 2023 TRADES")
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[LocalS3Server]:
-    with LocalS3Server() as server:
-        yield server
-
-
 @pytest.fixture(params=["local", "s3"])
 def store(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
     """Each test below runs on a local folder and on a bucket, opened as a run opens them."""
