@@ -108,3 +108,17 @@ def s3_server() -> Iterator[LocalS3Server]:
     tests reset it through their own bucket fixtures."""
     with LocalS3Server() as server:
         yield server
+
+
+@pytest.fixture
+def s3(
+    s3_server: LocalS3Server, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> LocalS3Server:
+    """The reset server with one empty bucket (the test module's `BUCKET`); the standard AWS
+    variables point at it."""
+    s3_server.reset()
+    s3_server.create_bucket(request.module.BUCKET)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return s3_server

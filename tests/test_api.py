@@ -42,17 +42,6 @@ def cached(gateway, data_dir, cli) -> Path:
     return data_dir / TRADES
 
 
-@pytest.fixture
-def s3(s3_server: LocalS3Server, monkeypatch: pytest.MonkeyPatch) -> LocalS3Server:
-    """An empty server with one bucket; the standard AWS variables point at it."""
-    s3_server.reset()
-    s3_server.create_bucket(BUCKET)
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return s3_server
-
-
 def body_reads(s3: LocalS3Server, key: str) -> int:
     return sum(1 for request in s3.recorded("GET") if request.key == key)
 

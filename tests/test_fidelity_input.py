@@ -20,11 +20,7 @@ from backend.jobs.core.ranges import counted
 from backend.jobs.core.units import choose_engine, human_bytes, parse_duration
 from backend.jobs.core.universe import MAX_SYMBOLS, MAX_SYMBOLS_FILE_BYTES, read_symbols_file
 from backend.jobs.errors import InvalidInputError
-from tests import test_s3
 from tests.test_s3 import BUCKET
-
-# The bucket fixture of tests/test_s3.py (pytest finds it by name here); the server is conftest's.
-s3 = test_s3.s3
 
 
 @pytest.fixture

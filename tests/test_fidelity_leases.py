@@ -132,17 +132,6 @@ def test_lease_body_round_trips_and_its_label_fools_no_older_version():
 # through the CLI and a real S3 server
 
 
-@pytest.fixture
-def s3(s3_server: LocalS3Server, monkeypatch: pytest.MonkeyPatch) -> LocalS3Server:
-    """An empty server with one bucket; the standard AWS variables point at it."""
-    s3_server.reset()
-    s3_server.create_bucket(BUCKET)
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return s3_server
-
-
 def put_lease(s3: LocalS3Server, holder: Holder) -> None:
     body = Lease(holder, datetime.now(UTC) + timedelta(minutes=5)).body()
     s3.client().put_object(Bucket=BUCKET, Key=LEASE_KEY, Body=body)

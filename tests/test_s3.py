@@ -29,18 +29,6 @@ MANIFEST_KEY = f"{PREFIX}/raw/databento/AAPL/2023/manifest.json"
 GET_RANGE = "timeseries.get_range"
 
 
-@pytest.fixture
-def s3(s3_server: LocalS3Server, monkeypatch: pytest.MonkeyPatch) -> LocalS3Server:
-    """An empty server with one bucket; the standard AWS variables point at it."""
-    s3_server.reset()
-    s3_server.create_bucket(BUCKET)
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    s3_server.requests.clear()
-    return s3_server
-
-
 def run_s3(cli, work: Path, *extra: str, symbol: str = "AAPL"):
     return cli(
         *("data", "--symbol", symbol, "--year", "2023", "--products", "trades"),

@@ -18,7 +18,6 @@ naming what to do. Logging goes through loguru's `logger`, as the CLI's does (si
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,13 +28,14 @@ from loguru import logger
 
 from backend.jobs.cache.layout import DEFAULT_DATASET, SymbolYear
 from backend.jobs.cache.manifest import Manifest
+from backend.jobs.core.dbn import sha256_file
 from backend.jobs.core.files import publish, temp_path_for
 from backend.jobs.core.progress import NullProgress, Progress
 from backend.jobs.core.ranges import (
-    CHUNKINGS,
     PRODUCTS,
     Product,
     normalize_dataset,
+    parse_chunking,
     parse_products,
 )
 from backend.jobs.core.request import DEFAULT_GROUP_SIZE, DEFAULT_TIMEOUT_S, ProductResult
@@ -161,7 +161,7 @@ def open_cached(
             f"{path} does not decode ({exc}); fetch it again",
             path=str(path),
             expected=str(expected["sha256"]),
-            actual=_sha256(path),
+            actual=sha256_file(path),
         ) from None
 
 
@@ -333,7 +333,7 @@ def _check(path: Path, cached: Cached, *, where: str | None = None) -> None:
     from backend.jobs.core.dbn import read_metadata
 
     name, expected = where or str(path), cached.entry.sha256
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise IntegrityError(
             f"{name} does not match its manifest: sha256 {actual}, the manifest says {expected}; "
@@ -380,15 +380,7 @@ def _local_copy(cached: Cached, *, verify: bool) -> Path:
 def _copy_matches(copy: Path, entry: ManifestEntry, *, verify: bool) -> bool:
     if copy.stat().st_size != entry.bytes:
         return False
-    return not verify or _sha256(copy) == entry.sha256
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(READ_SIZE):
-            digest.update(block)
-    return digest.hexdigest()
+    return not verify or sha256_file(copy) == entry.sha256
 
 
 def _text(value: str | Path | None) -> str | None:
@@ -424,9 +416,6 @@ def _request(
     wanted = [products] if isinstance(products, str) else list(products)
     if not names or not calendar:
         raise InvalidInputError("ingest needs at least one symbol and one year")
-    chunking = chunk.strip().lower()
-    if chunking not in CHUNKINGS:
-        raise InvalidInputError(f"chunk {chunk!r} is not one of {', '.join(CHUNKINGS)}")
     for name, value, low, high in (
         ("jobs", jobs, 1, 32),
         ("retries", retries, 0, 20),
@@ -443,7 +432,7 @@ def _request(
         dataset=normalize_dataset(dataset),
         force=force,
         verify=verify,
-        chunking=chunking,  # type: ignore[arg-type]  checked above
+        chunking=parse_chunking(chunk, "chunk"),
         jobs=jobs,
         retries=retries,
         timeout_s=timeout,

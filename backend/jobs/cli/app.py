@@ -17,7 +17,7 @@ import typer
 from loguru import logger
 
 from backend.jobs.client.retry import MAX_RETRY_AFTER_S
-from backend.jobs.core.ranges import CHUNKINGS, counted, normalize_dataset, parse_products
+from backend.jobs.core.ranges import counted, normalize_dataset, parse_chunking, parse_products
 from backend.jobs.core.request import DEFAULT_GROUP_SIZE, DEFAULT_TIMEOUT_S
 from backend.jobs.core.units import (
     DEFAULT_BATCH_ABOVE,
@@ -358,7 +358,7 @@ def ingest_request(
         dataset=normalize_dataset(dataset),
         force=force,
         verify=verify,
-        chunking=_valid_chunking(chunk),
+        chunking=parse_chunking(chunk),
         jobs=jobs,
         retries=retries,
         timeout_s=timeout,
@@ -581,13 +581,6 @@ def _valid_level(level: str) -> str:
     if level not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}:
         raise InvalidInputError(f"--log-level {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     return level
-
-
-def _valid_chunking(text: str) -> str:
-    value = text.strip().lower()
-    if value not in CHUNKINGS:
-        raise InvalidInputError(f"--chunk {text!r} is not one of {', '.join(CHUNKINGS)}")
-    return value
 
 
 @contextlib.contextmanager

@@ -238,10 +238,7 @@ def scan(
     be copied behind another header without decompressing them.
     """
     with contextlib.ExitStack() as stack:
-        if isinstance(path, Path):
-            name, handle = path.name, stack.enter_context(path.open("rb"))
-        else:
-            name, handle = path.name, path
+        name, handle = opened(path, stack)
         source = HashingReader(handle, hashing=recode_to is None)  # else the copy is hashed
         reader = DbnReader(decompressed_chunks(source, name), name)
         metadata, raw = reader.metadata()
@@ -490,12 +487,18 @@ def request_mismatch(metadata: Metadata, request: RangeRequest) -> str:
     )
 
 
+def opened(source: Path | Readable, stack: contextlib.ExitStack) -> tuple[str, Readable]:
+    """(name, binary reader) of a path (opened on `stack`) or of a reader already open."""
+    if isinstance(source, Path):
+        return source.name, stack.enter_context(source.open("rb"))
+    return source.name, source
+
+
 def read_metadata(source: Path | Readable) -> Metadata:
     """Only the header: cheap, for status and adoption checks."""
     with contextlib.ExitStack() as stack:
-        handle = stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
-        reader = DbnReader(decompressed_chunks(handle, source.name), source.name)
-        return reader.metadata()[0]
+        name, handle = opened(source, stack)
+        return DbnReader(decompressed_chunks(handle, name), name).metadata()[0]
 
 
 def sha256_file(path: Path) -> str:

@@ -71,6 +71,14 @@ def counted(count: int, noun: str, plural: str = "") -> str:
     return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
 
 
+def parse_chunking(text: str, flag: str = "--chunk") -> Chunking:
+    """`auto`, `year`, `month`, `week` or `day`, case-insensitive."""
+    value = text.strip().lower()
+    if value not in CHUNKINGS:
+        raise InvalidInputError(f"{flag} {text!r} is not one of {', '.join(CHUNKINGS)}")
+    return value  # type: ignore[return-value]  checked above
+
+
 def parse_products(text: str) -> tuple[Product, ...]:
     names = [part.strip().upper() for part in text.split(",") if part.strip()]
     unknown = [name for name in names if name not in PRODUCTS]

@@ -27,7 +27,7 @@ from loguru import logger
 
 from backend.jobs.cache.layout import LOCKS_SUBDIR, RAW_SUBDIR
 from backend.jobs.client.retry import REQUEST_RATES, Pacer
-from backend.jobs.core.progress import NullProgress, OverallProgress, Progress
+from backend.jobs.core.progress import OverallProgress, Progress
 from backend.jobs.errors import CredentialsError, IngestError, InvalidInputError
 from backend.jobs.store import open_store
 
@@ -170,28 +170,15 @@ def fetch_here(
 ) -> TaskOutcome:
     """One group fetched on this worker: its own client (the key from this environment, a
     share of the rates), each connection through `gate`; an error comes back as data."""
-    from backend.jobs.client.databento import DatabentoClient
-    from backend.jobs.client.retry import RetryPolicy
     from backend.jobs.engines.runner import fetch_groups
-    from backend.jobs.engines.runtime import Runtime
+    from backend.jobs.engines.runtime import open_runtime
     from backend.jobs.settings import Settings
 
     results: list[ProductResult] = []
     try:
-        settings = Settings.from_env(gateway=config.gateway)
-        worker_logging(settings)
-        policy = RetryPolicy(retries=config.retries)
+        worker_logging(Settings.from_env(gateway=config.gateway))
         share = {family: rate / limits.workers for family, rate in REQUEST_RATES.items()}
-        client = DatabentoClient(
-            settings.require_key(),
-            settings.gateway_url(),
-            timeout_s=config.timeout_s,
-            policy=policy,
-            stop=stop,
-            pacer=Pacer(share),
-        )
-        store = open_store(config.store)
-        runtime = Runtime(config, gate(client), store, stop, policy, NullProgress())
+        runtime = open_runtime(config, stop, pacer=Pacer(share), gate=gate)
         results.extend(fetch_groups([group], runtime))
     except IngestError as exc:
         return TaskOutcome(results, str(exc) or type(exc).__name__, exc.exit_code)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,7 +22,9 @@ from backend.jobs.engines.parts import Downloader
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from backend.jobs.client.databento import DatabentoClient
     from backend.jobs.client.jobfiles import JobFile
+    from backend.jobs.client.retry import Pacer
     from backend.jobs.core.request import JobRequest
     from backend.jobs.core.work import ProductPlan, RunConfig
     from backend.jobs.store.base import Store
@@ -63,10 +65,18 @@ class Runtime:
 
 
 def open_runtime(
-    config: RunConfig, stop: threading.Event, events: Progress | None = None
+    config: RunConfig,
+    stop: threading.Event,
+    events: Progress | None = None,
+    *,
+    pacer: Pacer | None = None,
+    gate: Callable[[DatabentoClient], Any] | None = None,
 ) -> Runtime:
     """A runtime of this process's own, from plain config: the API key read from this
-    environment, the client built by its one module, the store opened from its location."""
+    environment, the client built by its one module, the store opened from its location.
+
+    A cluster worker passes its share of the request rates (`pacer`) and a `gate` that wraps
+    the client so every connection counts against the cluster-wide limit."""
     from backend.jobs.client.databento import DatabentoClient
     from backend.jobs.settings import Settings
     from backend.jobs.store import open_store
@@ -79,9 +89,11 @@ def open_runtime(
         timeout_s=config.timeout_s,
         policy=policy,
         stop=stop,
+        pacer=pacer,
     )
     store = open_store(config.store)
-    return Runtime(config, client, store, stop, policy, events or NullProgress())
+    gated = client if gate is None else gate(client)
+    return Runtime(config, gated, store, stop, policy, events or NullProgress())
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from backend.jobs.core.dbn import (
     StreamSummary,
     decompressed_chunks,
     encode_header,
+    opened,
     request_mismatch,
 )
 from backend.jobs.errors import CorruptFileError
@@ -189,10 +190,7 @@ def split_by_symbol(
     from backend.jobs.core.ranges import TimeRange
 
     with contextlib.ExitStack() as stack:
-        if isinstance(source, Path):
-            name, handle = source.name, stack.enter_context(source.open("rb"))
-        else:
-            name, handle = source.name, source
+        name, handle = opened(source, stack)
         reader = DbnReader(decompressed_chunks(handle, name), name)
         metadata, _ = reader.metadata()
         if span_from_file:
