@@ -26,5 +26,5 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[sandbox,cluster]", *groups)
     # Most of the suite waits on loopback servers and subprocesses, not on the CPU: four
     # workers on two cores finish it in well under half the time of one.
-    args = session.posargs or ["-n", "4"]
+    args = session.posargs or ["-n", "4", "--dist", "loadgroup"]  # xdist_group: one cluster
     session.run("pytest", *args, env={"TERM": "dumb", "NO_COLOR": "1"})

@@ -33,6 +33,9 @@ UNIVERSE = (
     "month",
 )
 BUCKET = "bento-cluster"
+# One xdist worker runs them all around one LocalCluster: several clusters of worker processes
+# at once on two cores starve each other (tasks seen waiting past the 120 s test timeout).
+pytestmark = pytest.mark.xdist_group("dask-cluster")
 NOBODY = "tcp://127.0.0.1:9"  # no scheduler there: a run that reaches it fails (exit 1)
 GET_RANGE = "timeseries.get_range"
 
@@ -88,7 +91,7 @@ def cluster(sandbox: SandboxGateway) -> Iterator[Cluster]:
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: another cluster may hold 8787
             env=env,
         ) as local,
         Client(local) as client,

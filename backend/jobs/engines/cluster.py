@@ -218,7 +218,7 @@ def connected(address: str) -> Iterator[Any]:
                     threads_per_worker=2,
                     processes=True,
                     host="127.0.0.1",
-                    dashboard_address=None,
+                    dashboard_address=":0",  # a free port: another cluster may hold 8787
                 )
             )
             client = stack.enter_context(Client(cluster))
