@@ -289,7 +289,8 @@ class DayFrames:
         self._compressor = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, write_checksum=True)
         self._frame: zstandard.ZstdCompressionObj | None = None
         self._day: int | None = None
-        self._pending = bytearray()
+        self._pending = bytearray()  # the open frame's input not yet fed: less than a piece
+        self._out = bytearray()  # compressed bytes not yet handed to the sink
 
     def write(self, block: bytes | memoryview) -> None:
         """Append whole records, already checked to be in ascending ts_recv order."""
@@ -301,19 +302,21 @@ class DayFrames:
             return
         stamps = np.ndarray((count,), "<u8", block, TS_RECV_OFFSET, (size,))
         days = stamps // np.uint64(NS_PER_DAY)
-        cuts = (np.flatnonzero(days[1:] != days[:-1]) + 1).tolist()
+        starts = [0, *(np.flatnonzero(days[1:] != days[:-1]) + 1).tolist()]
         view = memoryview(block)
-        for first, end in zip([0, *cuts], [*cuts, count], strict=True):
-            self._begin(int(days[first]))
+        ends = [*starts[1:], count]
+        for first, end, day in zip(starts, ends, days[starts].tolist(), strict=True):
+            if day != self._day:
+                self._begin(day)
             self._feed(view[first * size : end * size])
+        self._drain()
 
     def close(self) -> None:
         """End the last day's frame."""
         self._end()
+        self._drain()
 
     def _begin(self, day: int) -> None:
-        if day == self._day:
-            return
         if self._day is not None and day < self._day:
             raise RuntimeError("records reached DayFrames out of ts_recv order")
         self._end()
@@ -322,14 +325,14 @@ class DayFrames:
 
     def _feed(self, data: memoryview) -> None:
         pending = self._pending
-        if pending:
-            take = FRAME_PIECE - len(pending)
-            pending += data[:take]
-            data = data[take:]
-            if len(pending) < FRAME_PIECE:
-                return
-            self._compress(pending)
-            pending.clear()
+        if len(pending) + len(data) < FRAME_PIECE:
+            pending += data
+            return
+        take = FRAME_PIECE - len(pending)
+        pending += data[:take]
+        self._compress(pending)
+        pending.clear()
+        data = data[take:]
         while len(data) >= FRAME_PIECE:
             self._compress(data[:FRAME_PIECE])
             data = data[FRAME_PIECE:]
@@ -338,8 +341,7 @@ class DayFrames:
     def _compress(self, piece: bytes | bytearray | memoryview) -> None:
         if self._frame is None:
             raise RuntimeError("DayFrames fed outside a frame")
-        if out := self._frame.compress(piece):
-            self._sink.write(out)
+        self._out += self._frame.compress(piece)
 
     def _end(self) -> None:
         if self._frame is None:
@@ -347,8 +349,13 @@ class DayFrames:
         if self._pending:
             self._compress(self._pending)
             self._pending.clear()
-        self._sink.write(self._frame.flush())
+        self._out += self._frame.flush()
         self._frame = None
+
+    def _drain(self) -> None:
+        if self._out:
+            self._sink.write(bytes(self._out))
+            self._out.clear()
 
 
 def write_day_frames(source: Path, sink: HashingWriter) -> None:

@@ -35,9 +35,12 @@ def make_working_dir(base: Path, relative: Path) -> Path:
     path = base
     for name in relative.parts:
         path /= name
-        with contextlib.suppress(FileExistsError):
-            path.mkdir()
-        check_working_dir(path)
+        try:
+            check_working_dir(path)  # a look first: a mkdir that fails costs more, and locks
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                path.mkdir()
+            check_working_dir(path)
     return path
 
 

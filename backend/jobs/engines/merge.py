@@ -164,6 +164,7 @@ class MergedWriter:
                 # a part is written in the canonical layout: behind the same header it is
                 # byte for byte the file, so it is published as it is (no copy, no re-hash)
                 self.store.publish(lone.path, self.key)
+                self.scratch.forget(lone.path)  # a product's only part is written as a temp
                 summary = lone.summary
                 return MergedFile(
                     self.final, summary.bytes, summary.sha256, records, first_ts, last_ts

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 
 from loguru import logger
 
@@ -27,7 +27,11 @@ from backend.jobs.core.ranges import TimeRange, format_ns, has_weekday
 from backend.jobs.core.request import RangeRequest
 from backend.jobs.errors import CorruptFileError, NoDataError, RunStoppedError, TransientError
 
+if TYPE_CHECKING:
+    from backend.jobs.cache.layout import YearFolder
+
 T = TypeVar("T")
+RETRIED = (TransientError, CorruptFileError)  # a chunk is asked again after either
 
 
 class Downloader(Protocol):
@@ -49,16 +53,49 @@ class Part:
     layout: PartFile
 
 
+@dataclass(frozen=True)
+class PartPlace:
+    """Where a chunk's part is written. One of several chunks is `kept` at `path`, in its
+    product's parts folder, until the merge (and reused by a run that resumes); a product's
+    only chunk is its file: written beside it (`path` is the final file) and published from
+    there, with no parts folder to make and remove."""
+
+    path: Path
+    kept: bool
+
+    @classmethod
+    def of(cls, folder: YearFolder, product: str, span: TimeRange, chunks: int) -> PartPlace:
+        if chunks == 1:
+            return cls(folder.final(product), kept=False)
+        return cls(part_path(folder.parts(product), span), kept=True)
+
+    @property
+    def final(self) -> Path | None:
+        return self.path if self.kept else None
+
+
 def publish_part(
-    temp: Path, final: Path, request: RangeRequest, summary: StreamSummary, *, downloaded: bool
+    temp: Path,
+    final: Path | None,
+    request: RangeRequest,
+    summary: StreamSummary,
+    *,
+    downloaded: bool,
 ) -> Part:
-    """A checked, re-encoded part moved from its temp file into place: the one way to make one."""
-    publish(temp, final, durable=False)
-    layout = PartFile.written(final, summary.metadata_bytes)
-    return Part(request, final, summary, downloaded=downloaded, layout=layout)
+    """A checked, re-encoded part moved from its temp file into place: the one way to make one.
+
+    Without `final` (the product's only chunk: the part is the product's file) it stays where
+    it was written, beside the final file, and is published from there, or removed with the
+    run's scratch files: no parts folder, no rename, for the common one-request product.
+    """
+    if final is not None:
+        publish(temp, final, durable=False)
+    layout = PartFile.written(final or temp, summary.metadata_bytes)
+    return Part(request, final or temp, summary, downloaded=downloaded, layout=layout)
 
 
 def part_path(parts_dir: Path, span: TimeRange) -> Path:
+
     def stamp(ns: int) -> str:
         return format_ns(ns).replace(":", "").replace("-", "")
 
@@ -182,7 +219,7 @@ def fetch_chunk(
     client: Downloader,
     request: RangeRequest,
     record_size: int,
-    parts_dir: Path,
+    place: PartPlace,
     scratch: ScratchFiles,
     policy: RetryPolicy,
     stop: threading.Event,
@@ -195,15 +232,13 @@ def fetch_chunk(
     With `empty_header`, a chunk the service refuses as holding nothing to resolve (a range
     with no session day) becomes an empty part with that header, as an empty stream would.
     """
-    final = part_path(parts_dir, request.span)
-    kept = reusable_part(final, request, record_size, label, scratch)
-    if kept is not None:
+    if place.kept and (kept := reusable_part(place.path, request, record_size, label, scratch)):
         return kept
 
     def attempt() -> Part:
-        inflight = scratch.new_dir(final)  # the SDK's file lives here until it is checked
-        served = inflight / final.name
-        recoded = scratch.new(final)
+        inflight = scratch.new_dir(place.path)  # the SDK's file lives here until it is checked
+        served = inflight / place.path.name
+        recoded = scratch.new(place.path)
         try:
             began = time.monotonic()
             try:
@@ -223,18 +258,17 @@ def fetch_chunk(
                 "{}: {} records, {} bytes kept, in {:.2f}s",
                 *(label, summary.records, summary.bytes, time.monotonic() - began),
             )
-            return publish_part(recoded, final, request, summary, downloaded=True)
+            part = publish_part(recoded, place.final, request, summary, downloaded=True)
+        except BaseException:
+            scratch.discard(recoded)
+            raise
         finally:
             scratch.discard(inflight)
-            scratch.discard(recoded)
+        if place.kept:
+            scratch.forget(recoded)  # now the part in the parts folder
+        return part
 
-    return retrying(
-        attempt,
-        policy=policy,
-        stop=stop,
-        label=label,
-        retry_on=(TransientError, CorruptFileError),
-    )
+    return retrying(attempt, policy=policy, stop=stop, label=label, retry_on=RETRIED)
 
 
 def log_nothing_to_resolve(label: str, span: TimeRange) -> None:
@@ -282,7 +316,7 @@ def fetch_group_chunk(
     client: Downloader,
     request: RangeRequest,
     record_size: int,
-    parts_dirs: Mapping[str, Path],
+    places: Mapping[str, PartPlace],
     empty_headers: Mapping[str, HeaderFields],
     scratch: ScratchFiles,
     policy: RetryPolicy,
@@ -301,11 +335,10 @@ def fetch_group_chunk(
     def alone(symbol: str) -> RangeRequest:
         return RangeRequest(request.dataset, (symbol,), request.schema, request.span)
 
-    finals = {symbol: part_path(parts_dirs[symbol], request.span) for symbol in request.symbols}
+    reuse = (record_size, label, scratch)
     parts: dict[str, Part] = {}
-    for symbol, final in finals.items():
-        kept = reusable_part(final, alone(symbol), record_size, label, scratch)
-        if kept is not None:
+    for symbol, place in places.items():
+        if place.kept and (kept := reusable_part(place.path, alone(symbol), *reuse)):
             parts[symbol] = kept
     missing = tuple(symbol for symbol in request.symbols if symbol not in parts)
     if not missing:
@@ -313,9 +346,9 @@ def fetch_group_chunk(
     asked = RangeRequest(request.dataset, missing, request.schema, request.span)
 
     def attempt() -> dict[str, Part]:
-        inflight = scratch.new_dir(finals[missing[0]])  # the SDK's file, until it is split
+        inflight = scratch.new_dir(places[missing[0]].path)  # the SDK's file, until it is split
         served = inflight / "group.dbn.zst"
-        temps = {symbol: scratch.new(finals[symbol]) for symbol in missing}
+        temps = {symbol: scratch.new(places[symbol].path) for symbol in missing}
         try:
             try:
                 summaries = stream_and_check(
@@ -328,29 +361,23 @@ def fetch_group_chunk(
             except NoDataError:
                 log_nothing_to_resolve(label, request.span)
                 summaries = {
-                    symbol: empty_part(
-                        served, alone(symbol), empty_headers[symbol], record_size, temps[symbol]
-                    )
-                    for symbol in missing
+                    s: empty_part(served, alone(s), empty_headers[s], record_size, temps[s])
+                    for s in missing
                 }
-            return {
-                symbol: publish_part(
-                    temps[symbol], finals[symbol], alone(symbol), summaries[symbol], downloaded=True
-                )
-                for symbol in missing
+            made = {
+                s: publish_part(temps[s], places[s].final, alone(s), summaries[s], downloaded=True)
+                for s in missing
             }
-        finally:
-            scratch.discard(inflight)
+        except BaseException:
             for temp in temps.values():
                 scratch.discard(temp)
+            raise
+        finally:
+            scratch.discard(inflight)
+        for symbol in missing:
+            if places[symbol].kept:
+                scratch.forget(temps[symbol])  # now the part in its parts folder
+        return made
 
-    parts.update(
-        retrying(
-            attempt,
-            policy=policy,
-            stop=stop,
-            label=label,
-            retry_on=(TransientError, CorruptFileError),
-        )
-    )
+    parts.update(retrying(attempt, policy=policy, stop=stop, label=label, retry_on=RETRIED))
     return parts

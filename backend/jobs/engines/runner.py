@@ -50,7 +50,10 @@ def fetch_groups(groups: Sequence[GroupPlan], runtime: Runtime) -> Iterator[Prod
     for group in groups:
         for member in group.members:
             folder = runtime.folder(group.dataset, member)
-            remove_stale_temps(folder.make_parts(member.product.name))
+            if group.engine == "stream" and len(group.chunks) == 1:
+                folder.path.mkdir(parents=True, exist_ok=True)  # its part is its file, beside it
+            else:
+                remove_stale_temps(folder.make_parts(member.product.name))
     with contextlib.ExitStack() as locks:
         runs = submit_jobs([group for group in groups if group.engine == "batch"], runtime, locks)
         yield from download([group for group in groups if group.engine == "stream"], runtime)

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 from backend.jobs.core.files import ScratchFiles
 from backend.jobs.core.request import ProductResult, RangeRequest
 from backend.jobs.engines.merge import MergedWriter
-from backend.jobs.engines.parts import Part, fetch_chunk, fetch_group_chunk
+from backend.jobs.engines.parts import Part, PartPlace, fetch_chunk, fetch_group_chunk
 from backend.jobs.engines.publish import finish_product, merged_writer
 from backend.jobs.engines.runtime import Runtime, bounded_pool
 from backend.jobs.errors import DISK_FULL_ERRNOS, DiskFullError, IngestError
 
 if TYPE_CHECKING:
     from backend.jobs.core.ranges import TimeRange
-    from backend.jobs.core.work import GroupPlan
+    from backend.jobs.core.work import GroupPlan, ProductPlan
 
 Writers = dict[tuple[str, int, str], MergedWriter]  # by ProductPlan.identity
 
@@ -108,6 +108,10 @@ def fetch_group_part(
         "received": functools.partial(runtime.events.received, product.name),  # bytes arriving
     }
 
+    def place(member: ProductPlan) -> PartPlace:
+        folder = runtime.folder(group.dataset, member)
+        return PartPlace.of(folder, product.name, span, len(group.chunks))
+
     if len(group.members) == 1:
         member = group.members[0]
         whole = group.chunks == (member.span,)  # no data in the one request: nothing to fill in
@@ -115,7 +119,7 @@ def fetch_group_part(
             client=runtime.client,
             request=RangeRequest(group.dataset, (member.symbol,), product.schema, span),
             record_size=product.record_size,
-            parts_dir=runtime.folder(group.dataset, member).parts(product.name),
+            place=place(member),
             label=f"{member.symbol} {member.year} {product.name} chunk {index}/{total} {span}",
             empty_header=None if whole else member.header.clipped(span),
             **engine,
@@ -125,9 +129,7 @@ def fetch_group_part(
         client=runtime.client,
         request=RangeRequest(group.dataset, group.symbols, product.schema, span),
         record_size=product.record_size,
-        parts_dirs={
-            m.symbol: runtime.folder(group.dataset, m).parts(product.name) for m in group.members
-        },
+        places={m.symbol: place(m) for m in group.members},
         empty_headers={m.symbol: m.header.clipped(span) for m in group.members},
         label=(
             f"{product.name} group {group.number} ({len(group.members)} symbols, "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -20,6 +22,8 @@ from backend.jobs.core.files import (
 )
 from backend.jobs.errors import IngestError
 from backend.jobs.store.base import ConflictError, LockRequest, ObjectInfo
+
+LOCK_POLL_S = 0.05
 
 
 def content_tag(data: bytes) -> str:
@@ -76,11 +80,9 @@ class LocalStore:
 
         A kernel lock beside the file makes compare-and-replace one step between processes.
         """
-        from filelock import FileLock
-
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(path.with_name(f".{path.stem}.lock")):
+        with kernel_lock(path.with_name(f".{path.stem}.lock"), wait_s=None):
             current = self.read(key)
             if (current[1] if current else None) != expected:
                 raise ConflictError(key)
@@ -122,22 +124,20 @@ class LocalStore:
     @contextlib.contextmanager
     def locked(self, locks: list[LockRequest], timeout_s: float) -> Iterator[None]:
         """Kernel file locks (released if the process dies), taken in key order."""
-        from filelock import FileLock, Timeout
-
         with contextlib.ExitStack() as stack:
             for request in sorted(locks, key=lambda lock: lock.key):
-                lock = FileLock(self._lock_folder(request.key) / PurePosixPath(request.key).name)
+                path = self._lock_folder(request.key) / PurePosixPath(request.key).name
                 try:
-                    stack.enter_context(lock.acquire(timeout=0))
-                except Timeout:
+                    stack.enter_context(kernel_lock(path, wait_s=0))
+                except TimeoutError:
                     logger.info(
                         "another run is ingesting {}; waiting up to {:.0f}s for it",
                         request.label,
                         timeout_s,
                     )
                     try:
-                        stack.enter_context(lock.acquire(timeout=timeout_s))
-                    except Timeout:
+                        stack.enter_context(kernel_lock(path, wait_s=timeout_s))
+                    except TimeoutError:
                         raise IngestError(
                             f"another run still holds the lock on {request.label} after "
                             f"{timeout_s:.0f}s: wait for it or raise --lock-timeout"
@@ -152,3 +152,36 @@ class LocalStore:
         hidden = next((n for n, name in enumerate(folders) if name.startswith(".")), len(folders))
         base = self.root.joinpath(*folders[:hidden])
         return make_working_dir(base, Path(*folders[hidden:]))
+
+
+@contextlib.contextmanager
+def kernel_lock(path: Path, *, wait_s: float | None) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created if absent) until the block ends; TimeoutError if
+    another holder keeps it past `wait_s` (None: wait as long as it takes).
+
+    The same kernel lock `filelock` takes, so older runs and this one exclude each other; a
+    few system calls instead of its bookkeeping, which cost ~0.3 ms of CPU per lock (two per
+    symbol-year-product). The lock is kept only if the file locked is still the one at `path`
+    (a holder may have removed it in between).
+    """
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_ino == os.fstat(fd).st_ino:
+                    break
+        except BlockingIOError:
+            if deadline is not None and time.monotonic() >= deadline:
+                os.close(fd)
+                raise TimeoutError(path) from None
+            time.sleep(LOCK_POLL_S)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
