@@ -96,7 +96,11 @@ FLAT_CPU_TARGET_MS = 3.0  # client CPU per symbol-year-product
 FLAT_GROWTH_TARGET = 10.5  # wall of 10x the symbols over the wall of 1x
 # How the universe command runs: in this process, or (a hook for the cluster runner) e.g.
 # {"--cluster local:2": ("--cluster", "local:2")}; each variant gets its own rows.
-FLAT_VARIANTS: dict[str, tuple[str, ...]] = {"in-process": ()}
+FLAT_VARIANTS: dict[str, tuple[str, ...]] = {
+    "in-process": (),
+    "--cluster local:2": ("--cluster", "local:2"),
+}
+CLUSTER_LOCAL = ("--cluster", "local")  # scenario 5's cluster row: one worker per core
 MANIFEST_NAME = "manifest.json"
 
 
@@ -325,8 +329,9 @@ class Bench:
         return 10 * UNIVERSE_SYMBOLS_QUICK if self.quick else UNIVERSE_SYMBOLS_BIG
 
     def universe(self, kind: str, symbols: int, *, prewarm: bool = True) -> UniverseRun:
-        """`kind` over SYM000..: "ours" (one universe command), "loop" (the plain SDK by hand,
-        one process) or "singles" (our single-symbol command once per symbol, in sequence).
+        """`kind` over SYM000..: "ours" (one universe command), "ours-cluster" (the same with
+        --cluster local), "loop" (the plain SDK by hand, one process) or "singles" (our
+        single-symbol command once per symbol, in sequence).
 
         Median of `repeat` runs, each on a fresh sandbox; memoized. `prewarm`: the stand-in
         built its records before serving (see bench.universe_sandbox), else generates live.
@@ -376,13 +381,14 @@ class Bench:
         if kind == "loop":
             argv = loop_argv(target, names, schemas=products, year=year)
             return measure(argv, env=env, log=self.log)
-        if kind == "ours":
+        if kind in {"ours", "ours-cluster"}:
             symbols: list[str] | Path = names
             if len(names) > UNIVERSE_SYMBOLS:  # nobody types 300 tickers: a symbols file
                 symbols = self.work / f"symbols-{len(names)}.txt"
                 symbols.write_text("".join(f"{name}\n" for name in names))
             argv = universe_argv(target, symbols, products=products, year=year)
-            return measure(argv, env=env, log=self.log)
+            extra = CLUSTER_LOCAL if kind == "ours-cluster" else ()
+            return measure([*argv, *extra], env=env, log=self.log)
         runs = [
             measure(single_argv(target, name, products=products, year=year), env=env, log=self.log)
             for name in names
@@ -417,6 +423,17 @@ class Bench:
                     "problems": note,
                 }
                 same = equal == compared and not note
+                cluster = self.universe("ours-cluster", n)
+                rows.append(
+                    Row(
+                        f"5. {self._universe_label(n)}, {net}, --cluster local (loop/ours)",
+                        _s(cluster.run),
+                        _s(loop.run),
+                        loop.run.wall_s / cluster.run.wall_s,
+                        f">= {UNIVERSE_SPEEDUP_TARGET:g}",
+                        loop.run.wall_s / cluster.run.wall_s >= UNIVERSE_SPEEDUP_TARGET,
+                    )
+                )
                 rows.append(
                     Row(
                         f"5. files equal, decoded (ours vs loop){': ' + note[0] if note else ''}",

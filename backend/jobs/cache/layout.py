@@ -24,6 +24,7 @@ dir. The data dir itself, `raw` and `raw/databento` may be links to another disk
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,14 +68,18 @@ class SymbolYear:
     year: int
     dataset: str = DEFAULT_DATASET
 
-    @property
+    @functools.cached_property
     def relative(self) -> Path:
         """The folder below raw/databento: also names its locks."""
         return dataset_subdir(self.dataset) / symbol_folder(self.symbol) / str(self.year)
 
+    @functools.cached_property
+    def _prefix(self) -> str:
+        return (RAW_SUBDIR / self.relative).as_posix()
+
     def key(self, name: str) -> str:
         """A file of this folder as a store key."""
-        return (RAW_SUBDIR / self.relative / name).as_posix()
+        return f"{self._prefix}/{name}"
 
     def final_key(self, product: str) -> str:
         return self.key(f"{product}{FINAL_SUFFIX}")
@@ -104,7 +109,7 @@ class YearFolder(SymbolYear):
     store: Store = field(compare=False, repr=False)
     work_root: Path
 
-    @property
+    @functools.cached_property
     def path(self) -> Path:
         """This folder's local working copy: below `work_root`, as its keys are in the store."""
         return self.work_root / RAW_SUBDIR / self.relative
