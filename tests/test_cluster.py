@@ -206,6 +206,23 @@ def test_cluster_other_version_on_a_worker_exits_2(cluster, gateway, cli, data_d
     assert gateway.count(GET_RANGE) == 0
 
 
+def test_cluster_task_on_a_worker_that_joined_after_the_check_refuses_another_version(
+    gateway, data_dir
+):
+    """The check runs on the workers present at the start: a task that lands on one that
+    joined later checks the version itself, before any request."""
+    from tests.test_work import planned
+
+    group, config = planned(data_dir, "stream")
+    limits = cluster_engine.Limits("semaphore", 4, 2, "cancel", version="0.0.0-other")
+    gateway.reset()
+    outcome = cluster_engine.fetch_here(group, config, limits, None, threading.Event())
+    assert outcome.exit_code == 2
+    assert "runs bento-ingest" in (outcome.error or "")
+    assert outcome.results == []
+    assert gateway.count(GET_RANGE) == 0
+
+
 def test_cluster_check_worker_without_the_marker_says_it_cannot_see_the_data_dir(tmp_path):
     """A data dir the worker does not see (the client's marker missing) is its problem."""
     from backend.jobs.core.work import RunConfig

@@ -279,6 +279,27 @@ def test_retry_policy_refuses_a_retry_after_above_its_cap():
     assert policy.refuses_wait(86400)
 
 
+def test_pacer_share_paces_a_cluster_worker_at_its_part_of_the_rates_and_submits():
+    """One of two workers: half the rate of each family, half the submits per window."""
+    import threading
+    import time
+
+    from backend.jobs.client.retry import SUBMITS_PER_WINDOW, Pacer
+    from backend.jobs.errors import RunStoppedError
+
+    pacer = Pacer({"timeseries": 40.0}, share=0.5)
+    stop = threading.Event()
+    began = time.monotonic()
+    for _ in range(3):
+        pacer.wait("timeseries", stop)
+    assert time.monotonic() - began >= 0.09  # 2 intervals of 50 ms, not 25
+    for _ in range(SUBMITS_PER_WINDOW // 2):
+        pacer.wait("submit", stop)  # within the share: no wait
+    stop.set()
+    with pytest.raises(RunStoppedError):
+        pacer.wait("submit", stop)  # the next would wait for the window
+
+
 def test_pacer_spaces_requests_and_holds_them_all_after_a_429():
     """Starts are spaced by the rate; a hold delays every family's next start."""
     import threading

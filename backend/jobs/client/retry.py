@@ -37,10 +37,14 @@ class Pacer:
     slows down together.
     """
 
-    def __init__(self, rates: dict[str, float] | None = None) -> None:
-        self._interval = {family: 1 / rate for family, rate in (rates or REQUEST_RATES).items()}
+    def __init__(self, rates: dict[str, float] | None = None, *, share: float = 1.0) -> None:
+        """`share`: this process's part of the rates and of the batch submits (one of a
+        cluster's workers paces 1 / workers of each)."""
+        rates = rates or REQUEST_RATES
+        self._interval = {family: 1 / (rate * share) for family, rate in rates.items()}
         self._next = dict.fromkeys(self._interval, 0.0)
-        self._submits: collections.deque[float] = collections.deque(maxlen=SUBMITS_PER_WINDOW)
+        self._submits_per_window = max(1, int(SUBMITS_PER_WINDOW * share))
+        self._submits: collections.deque[float] = collections.deque(maxlen=self._submits_per_window)
         self._resume = 0.0
         self._lock = threading.Lock()
 
@@ -48,7 +52,7 @@ class Pacer:
         with self._lock:
             now = time.monotonic()
             if family == "submit":
-                full = len(self._submits) == SUBMITS_PER_WINDOW
+                full = len(self._submits) == self._submits_per_window
                 start = max(now, self._resume, self._submits[0] + SUBMIT_WINDOW_S if full else 0)
                 self._submits.append(start)
             else:

@@ -14,6 +14,7 @@ finds the files cached. Results come back as they finish; a task's error comes b
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import uuid
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from backend.jobs.cache.layout import LOCKS_SUBDIR, RAW_SUBDIR
-from backend.jobs.client.retry import REQUEST_RATES, Pacer
+from backend.jobs.client.retry import Pacer
 from backend.jobs.core.progress import OverallProgress, Progress
 from backend.jobs.errors import CredentialsError, IngestError, InvalidInputError
 from backend.jobs.store import open_store
@@ -52,6 +53,7 @@ class Limits:
     connections: int
     workers: int
     cancel: str
+    version: str  # the client's bento-ingest: a worker that joins late is checked by its task
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class WorkerError(IngestError):
         self.exit_code = exit_code
 
 
+@functools.cache
 def product_version() -> str:
     try:
         return version("bento-ingest")
@@ -175,10 +178,14 @@ def fetch_here(
     from backend.jobs.settings import Settings
 
     results: list[ProductResult] = []
+    if (mine := product_version()) != limits.version:  # a worker that joined after the check
+        message = f"a worker runs bento-ingest {mine}, this client {limits.version}"
+        fix = "install the same version on every worker"
+        return TaskOutcome([], f"{message}: {fix}", InvalidInputError.exit_code)
     try:
         worker_logging(Settings.from_env(gateway=config.gateway))
-        share = {family: rate / limits.workers for family, rate in REQUEST_RATES.items()}
-        runtime = open_runtime(config, stop, pacer=Pacer(share), gate=gate)
+        pacer = worker_pacer(limits.workers)
+        runtime = open_runtime(config, stop, pacer=pacer, gate=gate)
         results.extend(fetch_groups([group], runtime))
     except IngestError as exc:
         return TaskOutcome(results, str(exc) or type(exc).__name__, exc.exit_code)
@@ -188,6 +195,14 @@ def fetch_here(
 
 
 _LOGGING: list[bool] = []  # set up once per worker process
+
+
+@functools.cache
+def worker_pacer(workers: int) -> Pacer:
+    """One pacer per worker process, shared by the tasks its threads run: each of the
+    `workers` paces 1 / workers of the documented rates and batch submits, so the cluster
+    stays under them in total however many tasks a worker runs at once."""
+    return Pacer(share=1 / workers)
 
 
 def worker_logging(settings: Any) -> None:
@@ -286,7 +301,9 @@ def fetch_on_cluster(
         workers = check_workers(client, config, store)
         token = uuid.uuid4().hex
         cancel = Event(f"bento-ingest-cancel-{token}")
-        limits = Limits(f"bento-ingest-{token}", config.jobs, workers, cancel.name)
+        limits = Limits(
+            f"bento-ingest-{token}", config.jobs, workers, cancel.name, product_version()
+        )
         logger.info("{} tasks on {} workers of {}", len(groups), workers, client.scheduler.address)
         futures = [
             client.submit(run_group, group, config, limits, pure=False, key=f"group-{token}-{n}")
