@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 API_KEY = "db-bench-key"
 RUN_TIMEOUT_S = 1800.0
+OWN_CPU_POLL_S = 0.01
 SERVER_START_TIMEOUT_S = 60.0
 PREWARM_START_TIMEOUT_S = 600.0  # bench.universe_sandbox builds its days before serving
 
@@ -41,7 +42,8 @@ class BenchError(RuntimeError):
 class Measurement:
     wall_s: float
     peak_rss_mb: float  # 10**6 bytes
-    cpu_s: float = 0.0  # the command's own user + system CPU
+    cpu_s: float = 0.0  # user + system CPU of the command and the processes it waited for
+    own_cpu_s: float = 0.0  # of the command's process alone (not a LocalCluster's workers)
 
     def as_json(self) -> dict[str, float]:
         return {key: round(value, 4) for key, value in asdict(self).items()}
@@ -52,7 +54,7 @@ def measure(argv: Sequence[str], *, env: dict[str, str], log: Path) -> Measureme
     run = run_watched(argv, env=env, log=log)
     if run.exit_code != 0:
         raise BenchError(f"{' '.join(argv[1:5])} ... exited {run.exit_code}; see {log}")
-    return Measurement(run.wall_s, run.peak_rss_mb, run.cpu_s)
+    return Measurement(run.wall_s, run.peak_rss_mb, run.cpu_s, run.own_cpu_s)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Finished:
     wall_s: float
     peak_rss_mb: float
     cpu_s: float = 0.0
+    own_cpu_s: float = 0.0  # sampled every OWN_CPU_POLL_S: up to that much of the end is missed
 
 
 def run_watched(
@@ -89,6 +92,7 @@ def run_watched(
         )
         watchdog = threading.Timer(RUN_TIMEOUT_S, proc.kill)
         watchdog.start()
+        own_cpu = OwnCpu(proc.pid)
         killed = False
         try:
             while True:
@@ -106,12 +110,38 @@ def run_watched(
             raise
         finally:
             watchdog.cancel()
+            own_cpu.stop()
         wall = time.perf_counter() - started
         if killed:
             out.write(b"[bench: killed with SIGKILL]\n")
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
     rss_mb = usage.ru_maxrss * 1024 / 1e6  # KiB on Linux
-    return Finished(proc.returncode, killed, wall, rss_mb, usage.ru_utime + usage.ru_stime)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Finished(proc.returncode, killed, wall, rss_mb, cpu, own_cpu.seconds)
+
+
+class OwnCpu:
+    """The user + system CPU of one process alone (its children excluded), sampled from a
+    thread until `stop()`: wait4 adds every descendant it reaped, a LocalCluster's workers too."""
+
+    def __init__(self, pid: int) -> None:
+        self.seconds = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def _sample(self, pid: int) -> None:
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            while not self._done.wait(OWN_CPU_POLL_S):
+                times = process.cpu_times()
+                self.seconds = times.user + times.system
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def median_of(runs: list[Measurement]) -> Measurement:
@@ -119,6 +149,7 @@ def median_of(runs: list[Measurement]) -> Measurement:
         statistics.median(run.wall_s for run in runs),
         statistics.median(run.peak_rss_mb for run in runs),
         statistics.median(run.cpu_s for run in runs),
+        statistics.median(run.own_cpu_s for run in runs),
     )
 
 

@@ -50,6 +50,36 @@ def test_each_symbols_part_equals_a_single_symbol_request(tricky, tmp_path, sche
     assert summaries["AAPL"].metadata.partial == []
 
 
+def test_parts_spilled_past_the_memory_budget_are_the_bytes_of_parts_held_in_memory(
+    gateway, tmp_path, monkeypatch
+):
+    """A split holds its records in memory up to a budget, then moves the largest symbols'
+    to raw files: what it writes does not depend on where the records waited."""
+    from backend.jobs.engines.split import Router
+
+    symbols = ("AAPL", "MSFT")
+    group = get_range(gateway, list(symbols), "trades", tmp_path / "group.dbn.zst")
+    request = RangeRequest("XNAS.ITCH", symbols, "trades", SPAN)
+
+    def split(name: str) -> dict[str, bytes]:
+        folder = tmp_path / name
+        folder.mkdir()
+        outputs = {symbol: folder / f"{symbol}.part" for symbol in symbols}
+        split_by_symbol(group, request, 48, outputs, folder)
+        spilled = sorted(path.name for path in folder.glob("*.raw"))
+        return {"raw files": ",".join(spilled).encode()} | {
+            symbol: path.read_bytes() for symbol, path in outputs.items()
+        }
+
+    held = split("held")
+    monkeypatch.setattr(Router, "BATCH_BYTES", 1 << 12)
+    monkeypatch.setattr(Router, "HELD_BYTES", 1 << 14)
+    spilled = split("spilled")
+    assert held.pop("raw files") == b""
+    assert spilled.pop("raw files") == b"0.raw,1.raw"
+    assert spilled == held
+
+
 def test_unknown_symbol_gets_an_empty_part_marked_not_found(gateway, tmp_path):
     """A symbol the service does not resolve keeps an empty part that says so."""
     symbols = ("AAPL", "ZZZZ")
