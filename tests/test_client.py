@@ -20,9 +20,16 @@ from backend.jobs.client.databento import DatabentoClient
 from backend.jobs.client.files import FileFetcher
 from backend.jobs.client.jobfiles import JobFile
 from backend.jobs.client.retry import RetryPolicy, retrying
-from backend.jobs.client.sdk import TIMEOUT_ATTRIBUTE, close_leaked_file, historical, timed_out
+from backend.jobs.client.sdk import (
+    STREAM_READ_SIZE,
+    TIMEOUT_ATTRIBUTE,
+    close_leaked_file,
+    historical,
+    timed_out,
+)
 from backend.jobs.client.translate import translate_error
 from backend.jobs.core.concurrency import run_concurrently
+from backend.jobs.core.dbn import scan
 from backend.jobs.core.secret import Secret
 from backend.jobs.errors import (
     CredentialsError,
@@ -321,6 +328,22 @@ def test_sdk_reads_its_request_timeout_from_the_api_object(gateway, api_key):
     with pytest.raises(requests.exceptions.Timeout):
         sdk.metadata.get_dataset_range("XNAS.ITCH")
     assert time.monotonic() - began < 5
+
+
+def test_sdk_copies_a_stream_in_reads_of_its_module_global_read_size(gateway, api_key, tmp_path):
+    """`_stream` reads HTTP_STREAMING_READ_SIZE of databento.common.http when it runs, so
+    historical() sets the size of every get_range read (and the file is the same)."""
+    from databento.common import http
+
+    assert "HTTP_STREAMING_READ_SIZE" in http.BentoHttpAPI._stream.__code__.co_names
+    sdk = historical(api_key, gateway_url(gateway), 10)
+    assert http.HTTP_STREAMING_READ_SIZE == STREAM_READ_SIZE
+    path = tmp_path / "aapl.dbn.zst"
+    store = sdk.timeseries.get_range(
+        "XNAS.ITCH", "2023-03-01", "2023-03-03", symbols="AAPL", schema="trades", path=path
+    )
+    store.reader.close()
+    assert scan(path, 48).records > 0  # whole: it decodes to its end
 
 
 def test_sdk_leaves_its_file_open_on_a_broken_stream_and_we_close_it(gateway, api_key, tmp_path):

@@ -22,18 +22,26 @@ if TYPE_CHECKING:
 # The SDK takes no timeout: every request reads this attribute (a class attribute, 100 s, of
 # BentoHttpAPI) from the API object it is sent through, connect and read alike.
 TIMEOUT_ATTRIBUTE = "TIMEOUT"
+# `get_range(path=)` copies the answer to its file in reads of the module global
+# HTTP_STREAMING_READ_SIZE of databento.common.http (4 KiB): each read a trip through urllib3,
+# ssl and the file, the GIL given up twice. 64 KiB reads cost a sixteenth of that, for the
+# same bytes; the answer still arrives as it is sent (a read returns what a chunk holds).
+STREAM_READ_SIZE = 1 << 16
 # Failures to write the output file, which the SDK wraps like a broken stream.
 WRITE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES}
 
 
 def historical(key: str, gateway: str | None, timeout_s: float) -> databento.Historical:
-    """The SDK's client, every request of it bounded by `timeout_s` (connect and read).
+    """The SDK's client, every request of it bounded by `timeout_s` (connect and read), its
+    answers copied to their files in STREAM_READ_SIZE reads.
 
     An instance attribute on each API object shadows the class's timeout. Raises the SDK's
     ValueError for a key it refuses.
     """
     import databento
+    from databento.common import http
 
+    http.HTTP_STREAMING_READ_SIZE = STREAM_READ_SIZE  # type: ignore[misc]  # see above
     sdk = databento.Historical(key=key, **({"gateway": gateway} if gateway else {}))
     for api in (sdk.metadata, sdk.symbology, sdk.timeseries, sdk.batch):
         setattr(api, TIMEOUT_ATTRIBUTE, timeout_s)

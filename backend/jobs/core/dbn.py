@@ -304,12 +304,26 @@ class DayFrames:
         days = stamps // np.uint64(NS_PER_DAY)
         starts = [0, *(np.flatnonzero(days[1:] != days[:-1]) + 1).tolist()]
         view = memoryview(block)
-        ends = [*starts[1:], count]
-        for first, end, day in zip(starts, ends, days[starts].tolist(), strict=True):
+        segments = zip(starts, [*starts[1:], count], days[starts].tolist(), strict=True)
+        last = len(starts) - 1
+        for index, (first, end, day) in enumerate(segments):
+            piece = view[first * size : end * size]
+            if 0 < index < last and len(piece) < FRAME_PIECE:
+                self._whole_day(day, piece)
+                continue
             if day != self._day:
                 self._begin(day)
-            self._feed(view[first * size : end * size])
+            self._feed(piece)
         self._drain()
+
+    def _whole_day(self, day: int, records: memoryview) -> None:
+        """A day that starts and ends in one block, under a piece: its frame at once (the same
+        calls, so the same bytes, as beginning, feeding and ending it)."""
+        self._begin(day)
+        frame = self._frame
+        self._out += frame.compress(records)
+        self._out += frame.flush()
+        self._frame = None
 
     def close(self) -> None:
         """End the last day's frame."""
