@@ -102,7 +102,7 @@ class HashingWriter:
         self.sha256 = hashlib.sha256()
         self.bytes = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | bytearray) -> int:
         self.sha256.update(data)
         self.bytes += len(data)
         return self._handle.write(data)
@@ -368,7 +368,7 @@ class DayFrames:
 
     def _drain(self) -> None:
         if self._out:
-            self._sink.write(bytes(self._out))
+            self._sink.write(self._out)  # hashed and copied into the file's buffer: not kept
             self._out.clear()
 
 

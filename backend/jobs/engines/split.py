@@ -252,21 +252,18 @@ class Router:
         self.routes = routes
         self.parts = parts  # by symbol index; None: checked, not kept
         self.name = name
-        self.batch: list[bytes] = []
-        self.batched = 0
+        self.batch = bytearray()  # the reader reuses its views: records are copied here
         self.held = 0
 
     def take(self, block: memoryview, record_size: int) -> None:
-        self.batch.append(bytes(block))  # the reader reuses its views
-        self.batched += len(block)
-        if self.batched >= self.BATCH_BYTES:
+        self.batch += block
+        if len(self.batch) >= self.BATCH_BYTES:
             self.flush(record_size)
 
     def flush(self, record_size: int) -> None:
         if not self.batch:
             return
-        data = self.batch[0] if len(self.batch) == 1 else b"".join(self.batch)
-        self.batch, self.batched = [], 0
+        data, self.batch = self.batch, bytearray()
         self.held += self._route(np.frombuffer(data, dtype=np.uint8).reshape(-1, record_size))
         if self.held > self.HELD_BYTES:
             for part in sorted(filter(None, self.parts), key=lambda part: -part.held):
