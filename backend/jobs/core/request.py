@@ -26,8 +26,8 @@ from backend.jobs.core.units import (
 )
 from backend.jobs.logs import completion_line
 
-# Symbols per multi-symbol request. Each symbol of a group in flight keeps a zstd context
-# (~0.45 MB) while its records are split out, so 50 x 4 jobs stays near 100 MB.
+# Symbols per multi-symbol request: one latency round for many small symbols. A split holds at
+# most ~32 MiB of a group's records in memory (engines/split.py), whatever the group's size.
 DEFAULT_GROUP_SIZE = 50
 # Seconds without a byte before a request is given up (and retried): --timeout's default.
 DEFAULT_TIMEOUT_S = 30.0

@@ -95,7 +95,6 @@ def publish_part(
 
 
 def part_path(parts_dir: Path, span: TimeRange) -> Path:
-
     def stamp(ns: int) -> str:
         return format_ns(ns).replace(":", "").replace("-", "")
 
