@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 from backend.jobs.cli.app import app
 from backend.jobs.core.locations import bucket_problem, redact_url, split_url
 from backend.jobs.core.ranges import counted
-from backend.jobs.core.units import choose_engine, human_bytes, parse_duration
+from backend.jobs.core.units import human_bytes, parse_duration
 from backend.jobs.core.universe import MAX_SYMBOLS, MAX_SYMBOLS_FILE_BYTES, read_symbols_file
 from backend.jobs.errors import InvalidInputError
+from backend.jobs.plan.preflight import choose_engine
 from tests.test_s3 import BUCKET
 
 

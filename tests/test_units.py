@@ -357,7 +357,7 @@ def test_parse_duration_refuses_what_is_not_a_positive_duration(text):
     ],
 )
 def test_choose_engine_uses_batch_above_the_threshold_only_in_auto(engine, estimate, expected):
-    from backend.jobs.core.units import choose_engine
+    from backend.jobs.plan.preflight import choose_engine
 
     chosen, why = choose_engine(engine, estimate, 5 * 10**9)
     assert chosen == expected

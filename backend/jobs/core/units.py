@@ -82,18 +82,6 @@ def parse_engine(text: str, source: str = "--engine") -> Engine:
     raise InvalidInputError(f"{source} {text!r} is not an engine: use auto, stream or batch")
 
 
-def choose_engine(engine: Engine, estimated_bytes: int, batch_above: int) -> tuple[str, str]:
-    """(engine, why) for one group of symbol-year-products from its preflight estimate."""
-    if engine == "stream":
-        return "stream", "--engine stream"
-    if engine == "batch":
-        return "batch", "--engine batch"
-    size, limit = shown_sizes(estimated_bytes, batch_above)
-    if estimated_bytes > batch_above:
-        return "batch", f"estimate {size} > --batch-above {limit}"
-    return "stream", f"estimate {size} <= --batch-above {limit}"
-
-
 def usd(value: float) -> str:
     """Cents for real amounts; sub-cent estimates keep their digits so they never read $0.00."""
     return f"${value:,.2f}" if value >= 0.01 or value == 0 else f"${value:.2g}"

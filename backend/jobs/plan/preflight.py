@@ -25,7 +25,7 @@ from backend.jobs.core.ranges import (
     symbology_end_date,
 )
 from backend.jobs.core.request import RangeRequest
-from backend.jobs.core.units import Engine, choose_engine, split_duration, usd
+from backend.jobs.core.units import Engine, shown_sizes, split_duration, usd
 from backend.jobs.core.work import GroupPlan, ProductPlan
 from backend.jobs.errors import EXIT_INVALID_INPUT, BudgetExceededError, InvalidInputError
 from backend.jobs.logs import key_value_line
@@ -244,6 +244,18 @@ def resolved_members(
             )
         )
     return members
+
+
+def choose_engine(engine: Engine, estimated_bytes: int, batch_above: int) -> tuple[str, str]:
+    """Pure: (engine, why) for one group of symbol-year-products from its preflight estimate."""
+    if engine == "stream":
+        return "stream", "--engine stream"
+    if engine == "batch":
+        return "batch", "--engine batch"
+    size, limit = shown_sizes(estimated_bytes, batch_above)
+    if estimated_bytes > batch_above:
+        return "batch", f"estimate {size} > --batch-above {limit}"
+    return "stream", f"estimate {size} <= --batch-above {limit}"
 
 
 def with_engine(
