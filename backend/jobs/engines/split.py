@@ -282,9 +282,13 @@ class Router:
                 f"{self.name} holds records of instrument_id {stray} that no requested symbol "
                 "maps to on their date"
             )
-        order = np.argsort(owners, kind="stable")
-        present, starts = np.unique(owners[order], return_index=True)
-        ends = np.append(starts[1:], len(order))
+        # owners are symbol indexes (a request names at most 2,000): a stable sort of int16 is
+        # a radix sort, and the counts give each symbol's slice of the sorted records
+        order = np.argsort(owners.astype(np.int16), kind="stable")
+        counts = np.bincount(owners, minlength=len(self.parts))
+        present = np.flatnonzero(counts)
+        ends = np.cumsum(counts)[present]
+        starts = ends - counts[present]
         ordered, stamps = rows[order], stamps[order]
         held = 0
         for index, first, end, first_ts, last_ts in zip(
