@@ -78,3 +78,18 @@ def test_fetch_group_from_pickled_plain_data_publishes_the_cli_file(
     entry = json.loads((year_folder(data_dir) / "manifest.json").read_text())["products"]["TRADES"]
     assert entry["engine"] == engine
     assert not (year_folder(data_dir) / ".parts" / "TRADES").exists()
+
+
+def test_fetch_group_removes_what_a_killed_attempt_left_beside_the_file(gateway, data_dir):
+    """A cluster worker killed mid-split leaves its temps in the year folder (a product of one
+    chunk is written there); the task rerun elsewhere publishes the product and removes them:
+    the run ends with nothing but the file, the manifest and its lock file."""
+    group, config = planned(data_dir, "stream")
+    folder = year_folder(data_dir)
+    stale = folder / ".TRADES.dbn.zst.4242-00000000002a.tmp"
+    stale.mkdir(parents=True)
+    (stale / "group.dbn.zst").write_bytes(b"a split cut short")
+    (folder / ".TRADES.dbn.zst.4242-00000000002b.tmp").write_bytes(b"a part cut short")
+    fetch_group(group, config)
+    left = sorted(path.name for path in folder.iterdir())
+    assert left == [".manifest.lock", "TRADES.dbn.zst", "manifest.json"]

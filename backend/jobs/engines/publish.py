@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from backend.jobs.cache.decision import CacheKey
 from backend.jobs.cache.entry import BatchRecord, ChunkRecord
 from backend.jobs.cache.manifest import Manifest, product_entry
-from backend.jobs.core.files import ScratchFiles
+from backend.jobs.core.files import ScratchFiles, remove_stale_temps
 from backend.jobs.core.request import ProductResult, RangeRequest
 from backend.jobs.engines.merge import MergedWriter
 
@@ -58,7 +58,8 @@ def finish_product(
     started: float,
     batch: BatchRecord | None = None,
 ) -> ProductResult:
-    """Publish the merged file, record it in the manifest, then drop the parts."""
+    """Publish the merged file, record it in the manifest, then drop the parts and whatever
+    a killed attempt left beside the file."""
     product = member.product
     folder = runtime.folder(group.dataset, member)
     parts = writer.parts
@@ -74,6 +75,9 @@ def finish_product(
     )
     Manifest.of(runtime.store, folder).record(product.name, entry)
     folder.drop_parts(product.name)
+    # what a killed attempt left beside the file (a lost cluster worker's split, its part):
+    # the run that publishes holds the product's lock, and its own temps are gone by now
+    remove_stale_temps(folder.path, merged.path.name)
     return ProductResult(
         member.symbol,
         member.year,
